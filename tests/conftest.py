@@ -1,0 +1,28 @@
+"""Shared fixtures: small bins folders made once per session, never the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tjepa import data
+
+SHARED_SAMPLE = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories_valid_sample.txt"
+)
+
+
+@pytest.fixture(scope="session")
+def tinytales_bins(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bins") / "tinytales"
+    data.prepare("tinytales", out, max_documents=2000, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tinystories_sample() -> Path:
+    if not SHARED_SAMPLE.is_file():
+        pytest.skip(f"the TinyStories sample is not at {SHARED_SAMPLE} (it is only beside "
+                    "the project's own checkout)")
+    return SHARED_SAMPLE
