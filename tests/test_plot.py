@@ -1,0 +1,46 @@
+"""Renderings of masks: what the notebooks and widgets show, tested directly."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import torch
+
+from tjepa import plot
+from tjepa.masking import MaskingConfig, MaskSampler
+
+
+def sample_batch():
+    sampler = MaskSampler(MaskingConfig("ul2", views=2), seed=0)
+    return sampler(torch.arange(1, 41).repeat(2, 1), torch.tensor([40, 25]))
+
+
+def test_mask_view_roles_mark_context_targets_and_unused():
+    batch = sample_batch()
+    for v in range(4):
+        roles = plot.view_roles(batch, v)
+        assert len(roles) == int(batch.lengths[batch.document[v]])
+        assert (roles == -1).sum() == batch.context_valid[v].sum()
+        assert (roles >= 0).sum() == batch.target_valid[v].sum()
+
+
+def test_mask_html_colours_each_token_by_its_role():
+    roles = np.array([-1, -1, 0, 0, -2, 1])
+    html = plot.masking_html(["a", "b", "<c>", "d", "e", "f"], roles, title="R")
+    assert html.count("<span") == 6 + 2  # tokens and the two legend swatches
+    assert "&lt;c&gt;" in html
+    colors = plot.span_colors(2)
+    assert html.count(colors[0]) == 2 and html.count(colors[1]) == 1
+
+
+def test_mask_figures_draw():
+    batch = sample_batch()
+    fig = plot.masking_figure([plot.view_roles(batch, v) for v in range(4)], list("abcd"))
+    assert len(fig.axes) == 1
+    fig = plot.attention_figure(batch, 0)
+    image = fig.axes[0].images[0].get_array()
+    side = batch.context_positions.shape[1] + batch.target_positions.shape[1]
+    assert image.shape == (side, side)

@@ -1,0 +1,93 @@
+"""Figures and renderings shared by the notebooks and the training report.
+
+Plain functions that take data and return a figure or an HTML string; they never print and
+never read files, so notebooks, widgets and tests call them alike.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+from tjepa.masking import MaskedBatch, attention_groups, attention_mask
+
+CONTEXT_COLOR = "#cfe3ff"
+UNUSED_COLOR = "#eeeeee"
+
+
+def span_colors(n: int) -> list[str]:
+    """One colour per target span, cycling through a qualitative palette."""
+    cmap = plt.get_cmap("tab10")
+    return [matplotlib.colors.to_hex(cmap(i % 10)) for i in range(n)]
+
+
+def view_roles(batch: MaskedBatch, view: int) -> np.ndarray:
+    """Role of each token of the view's document: -2 unused, -1 context, >= 0 target span id."""
+    length = int(batch.lengths[batch.document[view]])
+    roles = np.full(length, -2)
+    context = batch.context_positions[view][batch.context_valid[view]].cpu().numpy()
+    roles[context] = -1
+    valid = batch.target_valid[view]
+    roles[batch.target_positions[view][valid].cpu().numpy()] = \
+        batch.target_span[view][valid].cpu().numpy()
+    return roles
+
+
+def masking_html(tokens: Sequence[str], roles: np.ndarray, title: str = "") -> str:
+    """A document as HTML: context on blue, each target span on its own colour, unused grey."""
+    colors = span_colors(int(roles.max()) + 1 if roles.max() >= 0 else 0)
+    parts = []
+    for text, role in zip(tokens, roles, strict=True):
+        if role == -1:
+            style = f"background:{CONTEXT_COLOR}"
+        elif role == -2:
+            style = f"background:{UNUSED_COLOR};color:#999"
+        else:
+            style = f"background:{colors[role]};color:white;font-weight:bold"
+        parts.append(f'<span style="{style};border-radius:3px">{html.escape(text)}</span>')
+    legend = (f'<span style="background:{CONTEXT_COLOR}">context</span> · '
+              f'<span style="background:{UNUSED_COLOR}">unused</span> · '
+              "<b>coloured</b>: target spans")
+    head = f"<b>{html.escape(title)}</b><br>" if title else ""
+    return (f'<div style="font-family:monospace;line-height:1.9;white-space:pre-wrap">{head}'
+            f'{"".join(parts)}<br><small>{legend}</small></div>')
+
+
+def masking_figure(roles_per_view: Sequence[np.ndarray], titles: Sequence[str]) -> Figure:
+    """Each view as a strip of tokens: context, target spans (one colour each), unused."""
+    width = max(len(r) for r in roles_per_view)
+    n_spans = max(int(r.max()) + 1 for r in roles_per_view)
+    colors = [UNUSED_COLOR, CONTEXT_COLOR, *span_colors(max(n_spans, 1))]
+    image = np.full((len(roles_per_view), width), np.nan)
+    for i, roles in enumerate(roles_per_view):
+        image[i, : len(roles)] = roles + 2
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(roles_per_view) + 1.0))
+    ax.imshow(image, aspect="auto", cmap=ListedColormap(colors), vmin=-0.5,
+              vmax=len(colors) - 0.5, interpolation="nearest")
+    ax.set_yticks(range(len(titles)), titles)
+    ax.set_xlabel("token position")
+    ax.set_title("views: context (light blue), target spans (colours), unused (grey)")
+    fig.tight_layout()
+    return fig
+
+
+def attention_figure(batch: MaskedBatch, view: int) -> Figure:
+    """The predictor's attention mask for one view: context rows first, then packed targets."""
+    groups = attention_groups(batch)[view : view + 1]
+    mask = attention_mask(groups)[0, 0].cpu().numpy()
+    n_context = int(batch.context_valid[view].sum())
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(mask, cmap="Blues", interpolation="nearest")
+    ax.axhline(n_context - 0.5, color="tab:red", lw=0.8)
+    ax.axvline(n_context - 0.5, color="tab:red", lw=0.8)
+    ax.set_xlabel("key (context | targets | padding)")
+    ax.set_ylabel("query")
+    ax.set_title("predictor attention: who may look at whom")
+    fig.tight_layout()
+    return fig
