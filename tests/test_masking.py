@@ -205,3 +205,13 @@ def test_mask_two_token_documents_still_get_context_and_a_target():
     config = MaskingConfig("seed", views=7)
     batch = MaskSampler(config, seed=0)(torch.ones(1, 2, dtype=torch.long), torch.tensor([2]))
     assert batch.context_valid.sum(1).eq(1).all() and batch.target_valid.sum(1).eq(1).all()
+
+
+def test_mask_batch_parts_hold_their_documents_and_views():
+    sampler = MaskSampler(MaskingConfig("ul2", views=3), seed=0)
+    lengths = torch.tensor([30, 40, 50, 60])
+    batch = sampler(torch.arange(60).repeat(4, 1) + 1, lengths)
+    second = batch.part(1, 2)
+    assert torch.equal(second.lengths, lengths[2:])
+    assert torch.equal(second.document, torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert torch.equal(second.target_positions, batch.target_positions[6:])

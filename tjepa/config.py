@@ -33,26 +33,26 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
 
-def from_dict(cls: type[T], table: dict[str, Any], where: str = "config") -> T:
+def from_dict(cls: type[T], table: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from ``table``; errors start with ``where`` (a file, a section)."""
     if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+        raise ConfigError(f"{_at(where)}expected a table, got {_tname(table)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(table) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})"
+            f"{_at(where)}unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})"
         )
     values = {}
     for name, value in table.items():
-        values[name] = _convert(value, hints[name], f"{where}.{name}")
+        values[name] = _convert(value, hints[name], f"{where}.{name}" if where else name)
     try:
         return cls(**values)
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{_at(where)}{e}") from None
     except TypeError as e:  # a required field is missing
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{_at(where)}{e}") from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -122,6 +122,10 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     if hint is Any:
         return value
     raise TypeError(f"unsupported config type {hint} at {where}")  # a bug, not a user error
+
+
+def _at(where: str) -> str:
+    return f"{where}: " if where else ""
 
 
 def _tname(value: Any) -> str:

@@ -138,6 +138,24 @@ class MaskedBatch:
     def target_valid(self) -> Tensor:
         return self.target_span >= 0
 
+    def part(self, index: int, count: int) -> MaskedBatch:
+        """The ``index``-th of ``count`` equal shares of the documents, with their views: one
+        rank's share under DDP, one micro-batch under gradient accumulation."""
+        n_docs = len(self.lengths)
+        assert n_docs % count == 0, f"{n_docs} documents do not split into {count} parts"
+        size = n_docs // count
+        docs = slice(index * size, (index + 1) * size)
+        views = slice(index * size * self.views, (index + 1) * size * self.views)
+        return MaskedBatch(
+            self.tokens[docs], self.lengths[docs], self.document[views] - index * size,
+            self.denoiser[views], self.context_positions[views], self.context_valid[views],
+            self.target_positions[views], self.target_span[views],
+        )
+
+    @property
+    def views(self) -> int:
+        return len(self.document) // len(self.lengths)
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskedBatch:
         return MaskedBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
                               for f in fields(self)})

@@ -91,3 +91,20 @@ def attention_figure(batch: MaskedBatch, view: int) -> Figure:
     ax.set_title("predictor attention: who may look at whom")
     fig.tight_layout()
     return fig
+
+
+def training_figure(records: Sequence[dict]) -> Figure:
+    """Training and validation loss against step, from ``metrics.jsonl`` records."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in records if "loss" in r]
+    ax.plot(steps, [r["loss"] for r in records if "loss" in r], label="train loss")
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

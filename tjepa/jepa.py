@@ -1,0 +1,170 @@
+"""The JEPA step: targets from the EMA encoder, predictions from context, the loss, the schedules.
+
+    target encoder (EMA, no grad)  : whole document         → layer norm → gather at targets
+    context encoder                : context tokens only    → predictor (+ mask tokens) → loss
+
+The target encoder is an exponential moving average of the context encoder (BYOL, I-JEPA):
+it moves slowly, so the context encoder cannot chase a target that collapses with it. The loss
+regresses *layer-normed* target embeddings (data2vec, I-JEPA), which fixes their scale: a
+constant prediction then costs ≈ 0.42 in smooth L1, so a loss far below that means prediction,
+and a loss near 0 with tiny embeddings would mean collapse (the monitor watches for it).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tjepa.config import check
+from tjepa.masking import MaskedBatch, attention_groups
+from tjepa.model import Encoder, ModelConfig, Predictor, attention_mask, init_weights
+
+LossKind = Literal["smooth_l1", "l2", "cosine"]
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warmup-cosine learning rate, cosine weight decay and an EMA momentum ramp."""
+
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.04  # I-JEPA: 0.04 → 0.4, cosine
+    final_weight_decay: float = 0.4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0: off
+    ema_momentum: float = 0.996  # I-JEPA: 0.996 → 1.0, linear
+    final_ema_momentum: float = 1.0
+    loss: LossKind = "smooth_l1"
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr], got {self.min_lr}")
+        check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        check(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+        for name in ("ema_momentum", "final_ema_momentum"):
+            check(0 <= getattr(self, name) <= 1, f"{name} must be in [0, 1]")
+
+
+class JEPA(nn.Module):
+    def __init__(self, config: ModelConfig, loss: LossKind = "smooth_l1"):
+        super().__init__()
+        self.config, self.loss_kind = config, loss
+        self.context_encoder = Encoder(config)
+        self.predictor = Predictor(config)
+        init_weights(self)
+        self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
+        self._ema_pairs: tuple[list[Tensor], list[Tensor]] | None = None
+
+    def forward(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
+        """Sum of per-token losses over real targets, and the number of them (both 0-d)."""
+        predictions, targets = self.predict(batch)
+        per_token = prediction_loss(predictions.float(), targets.float(), self.loss_kind)
+        valid = batch.target_valid
+        return (per_token * valid).sum(), valid.sum()
+
+    def predict(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
+        """Predictions and targets at the packed target positions: both (V, P, D)."""
+        backend = self.config.attention
+        with torch.no_grad():
+            targets = self.target_embeddings(batch.tokens, batch.lengths)  # (B, T, D)
+            targets = F.layer_norm(targets, targets.shape[-1:])
+            targets = targets[batch.document[:, None], batch.target_positions]  # (V, P, D)
+
+        context_tokens = batch.tokens[batch.document[:, None], batch.context_positions]
+        context_groups = torch.where(batch.context_valid, 0, -1)
+        context = self.context_encoder(context_tokens, batch.context_positions,
+                                       attention_mask(context_groups, backend))  # (V, C, D)
+        predictions = self.predictor(context, batch.context_positions, batch.target_positions,
+                                     attention_mask(attention_groups(batch), backend))
+        return predictions, targets
+
+    def target_embeddings(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """The target encoder on whole documents (B, T) → (B, T, D); padding is masked."""
+        return encode_documents(self.target_encoder, tokens, lengths, self.config.attention)
+
+    @torch.no_grad()
+    def update_target(self, momentum: float | Tensor) -> None:
+        """target ← momentum · target + (1 − momentum) · context, in one foreach kernel."""
+        if self._ema_pairs is None:  # built once: the same Parameter objects live on after .to()
+            self._ema_pairs = (list(self.target_encoder.parameters()),
+                               list(self.context_encoder.parameters()))
+        targets, online = self._ema_pairs
+        torch._foreach_lerp_(targets, online, 1.0 - momentum)
+
+
+def encode_documents(encoder: Encoder, tokens: Tensor, lengths: Tensor,
+                     backend: str = "sdpa") -> Tensor:
+    """An encoder on whole documents (B, T) with padding masked: (B, T, D)."""
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+    groups = torch.where(positions < lengths[:, None], 0, -1)
+    return encoder(tokens, positions, attention_mask(groups, backend))
+
+
+def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind) -> Tensor:
+    """Per-token loss (V, P): smooth L1 and L2 averaged over the embedding, or 1 − cosine."""
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(predictions, targets, reduction="none").mean(-1)
+    if kind == "l2":
+        return F.mse_loss(predictions, targets, reduction="none").mean(-1)
+    return 1 - F.cosine_similarity(predictions, targets, dim=-1)
+
+
+# --- optimizer and schedules ---------------------------------------------------------------
+
+
+def make_optimizer(model: JEPA, config: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; biases, norms and the mask token get no decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and not name.endswith("mask_token") else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay, "decays": True},
+              {"params": no_decay, "weight_decay": 0.0, "decays": False}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
+                             fused=fused or None)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Learning rate, weight decay and EMA momentum at a step, for a run of ``total`` steps."""
+
+    config: OptimConfig
+    total: int
+
+    def lr(self, step: int) -> float:
+        c = self.config
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        progress = (step - c.warmup_steps) / max(1, self.total - c.warmup_steps)
+        return c.min_lr + (c.lr - c.min_lr) * _cosine(progress)
+
+    def weight_decay(self, step: int) -> float:
+        c = self.config
+        progress = step / max(1, self.total)
+        return c.final_weight_decay + (c.weight_decay - c.final_weight_decay) * _cosine(progress)
+
+    def momentum(self, step: int) -> float:
+        c = self.config
+        progress = min(1.0, step / max(1, self.total))
+        return c.ema_momentum + (c.final_ema_momentum - c.ema_momentum) * progress
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        lr, wd = self.lr(step), self.weight_decay(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            if group["decays"]:
+                group["weight_decay"] = wd
+
+
+def _cosine(progress: float) -> float:
+    """1 → 0 along half a cosine as progress goes 0 → 1."""
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))

@@ -1,0 +1,186 @@
+"""The networks: a bidirectional transformer ``Encoder`` and the JEPA ``Predictor``.
+
+Both see tokens at arbitrary positions: the context encoder gets only the context tokens of a
+view, the predictor gets the context embeddings plus one mask token per target position. So
+positions are an input, not ``arange(T)``: rotary embeddings (``rotary-embedding-torch``) turn
+a ``(N, S)`` position tensor into per-token rotations, and attention scores then depend only on
+the distance between positions.
+
+Who may attend to whom comes from ``tjepa.masking`` as one integer *group* per token (0 context,
+``span + 1`` target, -1 padding). ``attention_mask`` builds it once per batch, on the device, as
+either a dense boolean mask for SDPA (every device) or a ``flex_attention`` block mask (CUDA,
+compiled: it skips fully masked blocks and never materializes the scores).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from rotary_embedding_torch import RotaryEmbedding, apply_rotary_emb
+from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+from tjepa import masking
+from tjepa.config import check
+
+AttentionBackend = Literal["sdpa", "flex"]
+AttentionMask = Tensor | BlockMask  # (N, 1, S, S) bool for SDPA, or a flex BlockMask
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the context/target encoder and of the predictor (narrower, as in I-JEPA)."""
+
+    vocab_size: int = 0  # 0: taken from the bins' meta.json
+    dim: int = 192
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    predictor_dim: int = 96
+    predictor_depth: int = 2
+    predictor_heads: int = 4
+    rope_theta: float = 10_000.0
+    attention: AttentionBackend = "sdpa"
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "depth", "heads", "predictor_dim", "predictor_depth",
+                     "predictor_heads"):
+            check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        check(self.vocab_size >= 0, f"vocab_size must be >= 0, got {self.vocab_size}")
+        for width, heads in (("dim", "heads"), ("predictor_dim", "predictor_heads")):
+            w, h = getattr(self, width), getattr(self, heads)
+            check(w % h == 0 and (w // h) % 2 == 0,
+                  f"{width} ({w}) must split into {heads} ({h}) heads of an even size (RoPE)")
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, rotations: Tensor, mask: AttentionMask) -> Tensor:
+        n, s, d = x.shape
+        q, k, v = self.qkv(x).view(n, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary_emb(rotations, q), apply_rotary_emb(rotations, k)  # (N, H, S, Dh)
+        if isinstance(mask, BlockMask):
+            y = flex_attention(q, k, v, block_mask=mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(n, s, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, rotations: Tensor, mask: AttentionMask) -> Tensor:
+        x = x + self.attn(self.norm1(x), rotations, mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """Blocks sharing one rotary embedding, then a final norm."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, rope_theta: float):
+        super().__init__()
+        self.rope = RotaryEmbedding(dim // heads, theta=rope_theta)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, positions: Tensor, mask: AttentionMask) -> Tensor:
+        # No seq_len: its cache mutates module state and breaks torch.compile. [:, None] puts
+        # the head axis in; without it N would broadcast against the heads.
+        rotations = self.rope(positions)[:, None]  # (N, 1, S, Dh)
+        for block in self.blocks:
+            x = block(x, rotations, mask)
+        return self.norm(x)
+
+
+class Encoder(nn.Module):
+    """Token embedding → transformer at the given positions: tokens (N, S) → (N, S, D)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        assert config.vocab_size > 0, "resolve vocab_size from the bins before building"
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.transformer = Transformer(config.dim, config.depth, config.heads, config.mlp_ratio,
+                                       config.rope_theta)
+
+    def forward(self, tokens: Tensor, positions: Tensor, mask: AttentionMask) -> Tensor:
+        return self.transformer(self.embed(tokens), positions, mask)
+
+
+class Predictor(nn.Module):
+    """Context embeddings plus mask tokens at the target positions → predicted target embeddings.
+
+    All targets of a view are packed into one input after the context; the attention mask keeps
+    context from seeing targets and each span to the context and itself.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed = nn.Linear(config.dim, config.predictor_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.predictor_dim))
+        self.transformer = Transformer(config.predictor_dim, config.predictor_depth,
+                                       config.predictor_heads, config.mlp_ratio,
+                                       config.rope_theta)
+        self.head = nn.Linear(config.predictor_dim, config.dim)
+
+    def forward(self, context: Tensor, context_positions: Tensor, target_positions: Tensor,
+                mask: AttentionMask) -> Tensor:
+        """context (V, C, D), positions (V, C) and (V, P) → predictions (V, P, D)."""
+        n_views, n_targets = target_positions.shape
+        queries = self.mask_token.expand(n_views, n_targets, -1)
+        x = torch.cat([self.embed(context), queries], dim=1)
+        positions = torch.cat([context_positions, target_positions], dim=1)
+        x = self.transformer(x, positions, mask)
+        return self.head(x[:, context.shape[1]:])
+
+
+def attention_mask(groups: Tensor, backend: AttentionBackend = "sdpa") -> AttentionMask:
+    """The mask for groups (N, S), built on their device once per batch, shared by all layers."""
+    if backend == "sdpa":
+        return masking.attention_mask(groups)
+
+    def mask_mod(b, h, q, k):
+        return masking.may_attend(groups[b, q], groups[b, k], q == k)
+
+    n, s = groups.shape
+    return _create_block_mask(mask_mod, n, None, s, s, device=groups.device)
+
+
+def _create_block_mask(*args, **kwargs) -> BlockMask:
+    # Compiled on CUDA so the block mask is built without materializing (N, S, S).
+    return create_block_mask(*args, **kwargs, _compile=kwargs["device"].type == "cuda")
+
+
+def init_weights(module: nn.Module) -> None:
+    """Small normal weights (std 0.02, as GPT-2 and I-JEPA), zero biases."""
+    for name, p in module.named_parameters():
+        if p.dim() >= 2 or name.endswith("mask_token"):
+            nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+    for m in module.modules():  # residual projections shrink with depth (GPT-2)
+        if isinstance(m, Transformer):
+            scale = 1 / math.sqrt(2 * len(m.blocks))
+            for block in m.blocks:
+                block.attn.proj.weight.data.mul_(scale)
+                block.mlp[2].weight.data.mul_(scale)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
