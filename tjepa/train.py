@@ -13,6 +13,7 @@ A run folder holds ``config.toml`` (resolved: enough to resume or evaluate), ``m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -288,8 +289,9 @@ def _optimizer_step(network, model: JEPA, optimizer, batch: MaskedBatch, world: 
 
 
 @torch.no_grad()
-def evaluate(model: JEPA, batches: list[MaskedBatch], device, autocast=nullcontext()) -> float:
+def evaluate(model: JEPA, batches: list[MaskedBatch], device, autocast=None) -> float:
     """Mean loss over fixed validation batches."""
+    autocast = autocast or nullcontext()
     total, count = torch.zeros((), device=device), torch.zeros((), device=device)
     for batch in batches:
         with autocast:
@@ -446,10 +448,9 @@ class _StopRequest:
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            # outside the main thread (a notebook worker) there are no handlers to install
+            with contextlib.suppress(ValueError):
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
-                pass
         return self
 
     def __exit__(self, *exc):
