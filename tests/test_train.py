@@ -1,0 +1,159 @@
+"""The training loop: loss falls, exact resume, signals, NaN guard, bad configs, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tjepa import train
+from tjepa.config import ConfigError
+
+TINY = [
+    "model.dim=32", "model.depth=2", "model.heads=2", "model.predictor_dim=16",
+    "model.predictor_depth=1", "model.predictor_heads=2", "data.batch_size=8",
+    "data.block_size=96", "train.log_interval=1", "train.eval_interval=5",
+    "train.eval_batches=1", "train.checkpoint_interval=4", "optim.warmup_steps=3",
+    "train.device=\"cpu\"",
+]
+
+
+def tiny(bins: Path, *extra: str) -> list[str]:
+    return [*TINY, f"data.dir={json.dumps(str(bins))}", *extra]
+
+
+def run_cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tjepa.train", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_loss_falls_on_tinytales(tinytales_bins, tmp_path):
+    config = train.load_config(None, tiny(tinytales_bins, "train.max_steps=60", "optim.lr=3e-3"))
+    summary = train.train(config, tmp_path / "run", progress=False)
+    losses = summary["losses"]
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:5]) / 5
+    run = tmp_path / "run"
+    assert {"config.toml", "metrics.jsonl", "last.pt", "best.pt", "loss.png"} <= {
+        p.name for p in run.iterdir()}
+    records = train.read_metrics(run)
+    assert all("step" in r and "loss" in r for r in records)
+    assert any("val_loss" in r for r in records)
+
+
+def test_resume_logs_identical_losses(tinytales_bins, tmp_path):
+    config = train.load_config(None, tiny(tinytales_bins, "train.max_steps=12"))
+    whole = train.train(config, tmp_path / "whole", progress=False)
+    first = train.train(config, tmp_path / "split", stop_at=6, progress=False)
+    assert first["step"] == 6
+    resumed_config = train.load_config(tmp_path / "split" / "config.toml")
+    train.train(resumed_config, tmp_path / "split", resume=True, progress=False)
+    losses = [r["loss"] for r in train.read_metrics(tmp_path / "split")]
+    assert losses == whole["losses"]  # bitwise, on CPU
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes_exactly(tinytales_bins, tmp_path):
+    args = ["--max-steps", "40", *sum((["--set", s] for s in tiny(tinytales_bins)), [])]
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tjepa.train", *args, "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "resume with" in err
+    stopped = torch.load(run / "last.pt", weights_only=True)["step"]
+    assert 3 <= stopped < 40
+    resumed = run_cli("--resume", str(run), "--max-steps", "40")
+    assert resumed.returncode == 0, resumed.stderr
+    reference = train.train(train.load_config(None, tiny(tinytales_bins, "train.max_steps=40")),
+                            tmp_path / "reference", progress=False)
+    assert [r["loss"] for r in train.read_metrics(run)] == reference["losses"]
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
+        tinytales_bins, tmp_path, monkeypatch):
+    from tjepa.jepa import JEPA
+
+    forward, calls = JEPA.forward, []
+
+    def poisoned(self, batch):
+        loss_sum, count = forward(self, batch)
+        calls.append(1)
+        return (loss_sum * float("nan"), count) if len(calls) == 7 else (loss_sum, count)
+
+    monkeypatch.setattr(JEPA, "forward", poisoned)
+    config = train.load_config(None, tiny(tinytales_bins, "train.max_steps=20",
+                                          "train.eval_interval=100"))
+    with pytest.raises(train.TrainingError, match="not finite at step 7"):
+        train.train(config, tmp_path / "run", progress=False)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 4
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.width=3", "model: unknown key 'width'"),
+    ("model.dim=\"big\"", "model.dim: expected an integer"),
+    ("optim.lr=-1.0", "optim: lr must be > 0"),
+    ("nonsense.key=1", "unknown key 'nonsense'"),
+])
+def test_bad_configs_name_the_key_and_the_file(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        train.load_config(None, [override])
+    assert "default.toml" in str(info.value)
+
+
+def test_cli_reports_a_folder_that_is_not_bins(tmp_path):
+    (tmp_path / "notbins").mkdir()
+    result = run_cli("--data", str(tmp_path / "notbins"), "--out", str(tmp_path / "run"),
+                     "--set", "data.source=\"\"")
+    assert result.returncode == 1
+    assert "notbins: not a token bins folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_reports_a_bad_config_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\ndepth = 2\nwidht = 3\n")
+    result = run_cli("--config", str(bad))
+    assert result.returncode == 1
+    assert "bad.toml: model: unknown key 'widht'" in result.stderr
+
+
+def test_truncated_or_foreign_checkpoints_are_refused(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(train.TrainingError, match="not a tjepa checkpoint"):
+        train.load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "foreign.pt").read_bytes()[:100])
+    with pytest.raises(train.TrainingError, match="truncated or not a checkpoint"):
+        train.load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tinytales_bins, tmp_path):
+    sets = sum((["--set", s] for s in tiny(tinytales_bins, "train.max_steps=6")), [])
+    single = run_cli(*sets, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "tjepa.train", *sets, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = [r["loss"] for r in train.read_metrics(tmp_path / "one")]
+    two = [r["loss"] for r in train.read_metrics(tmp_path / "two")]
+    assert len(one) == len(two) == 6
+    assert one == pytest.approx(two, rel=1e-4)
+    a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
