@@ -83,13 +83,26 @@ def test_tinytales_is_deterministic_under_a_seed():
     assert set(a[0].factors) == set(corpus.FACTORS)
 
 
-def test_tinytales_names_recur_and_endings_follow_the_choice():
-    for tale in corpus.generate(200, seed=3):
-        assert tale.text.count(tale.factors["hero"]) >= 3
-        shared = "let us share" in tale.text or "decided to share" in tale.text
-        refused = "it is mine" in tale.text or "did not want to share" in tale.text
-        assert shared != refused
-        assert tale.factors["ending"] == ("happy" if shared else "sad")
+def test_tinytales_names_recur_and_the_ending_follows_choice_and_friend():
+    for tale in corpus.generate(300, seed=3):
+        f = tale.factors
+        assert tale.text.count(f["hero"]) >= 3
+        assert tale.text.startswith(tale.prefix) and len(tale.prefix) < len(tale.text)
+        assert f["friend"] in tale.prefix and f["friend"] != f["hero"]
+        assert f["ending"] == ("happy" if (f["choice"] == "share") == (f["nature"] == "kind")
+                               else "sad")
+        outcome = tale.text[len(tale.prefix):]
+        assert ("happy" in outcome) == (f["ending"] == "happy")
+
+
+def test_tinytales_contextual_factors_defeat_word_counts():
+    # The ending is an XNOR of two prefix sentences: every single word is equally common in
+    # happy and sad prefixes, so no linear function of word counts can tell them apart.
+    tales = corpus.generate(4000, seed=0)
+    for word in ("kind", "greedy", "share", "mine", "keep"):
+        happy = [word in t.prefix for t in tales if t.factors["ending"] == "happy"]
+        sad = [word in t.prefix for t in tales if t.factors["ending"] == "sad"]
+        assert abs(np.mean(happy) - np.mean(sad)) < 0.05, word
 
 
 def test_tinytales_bins_carry_factors(tinytales_bins):
@@ -98,6 +111,9 @@ def test_tinytales_bins_carry_factors(tinytales_bins):
     assert len(factors["train"]["hero"]) == len(bins.split("train"))
     assert len(factors["val"]["ending"]) == len(bins.split("val"))
     assert factors["values"]["ending"] == ["happy", "sad"]
+    assert len(factors["prefix_tokens"]["train"]) == len(bins.split("train"))
+    lengths = bins.split("train").lengths
+    assert (np.asarray(factors["prefix_tokens"]["train"]) < lengths).all()
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):

@@ -38,7 +38,7 @@ def test_loss_falls_on_tinytales(tinytales_bins, tmp_path):
     config = train.load_config(None, tiny(tinytales_bins, "train.max_steps=60", "optim.lr=3e-3"))
     summary = train.train(config, tmp_path / "run", progress=False)
     losses = summary["losses"]
-    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:5]) / 5
+    assert sum(losses[-10:]) / 10 < 0.9 * sum(losses[:5]) / 5
     run = tmp_path / "run"
     assert {"config.toml", "metrics.jsonl", "last.pt", "best.pt", "loss.png"} <= {
         p.name for p in run.iterdir()}

@@ -7,8 +7,9 @@ linear probe can ask whether the encoder learned them.
 The grammar is built so that predicting a hidden span needs the context, which is what a
 JEPA learns from: the hero's name recurs throughout the story; each factor is mentioned in
 several wordings (the forest, the woods, the tall trees); the season shows up again in what
-the characters see; and the ending follows from an earlier choice (sharing the object ends
-happily, refusing ends sadly), so the last sentences are predictable only from the middle.
+the characters see; and the ending follows from two earlier sentences together (what the
+friend is like, and whether the hero shares), so the last sentences are predictable only from
+the middle, and only by an encoder that combines them.
 """
 
 from __future__ import annotations
@@ -60,8 +61,44 @@ SEASONS = {  # season: how it is first named, and what the characters see later
     "autumn": ("one windy autumn day", "orange leaves were falling all around"),
     "winter": ("one snowy winter day", "soft snow covered the ground"),
 }
+NATURES = ["kind", "greedy"]
+CHOICES = ["share", "keep"]
 ENDINGS = ["happy", "sad"]
-FACTORS = ["hero", "animal", "place", "object", "friend", "season", "ending"]
+FACTORS = ["hero", "animal", "place", "object", "season", "friend", "nature", "choice", "ending"]
+
+# Factors a bag of words cannot read off the story, so a probe for them measures what an
+# encoder learned from context: who is the friend (both names occur; only their roles differ),
+# and the ending read from the story *before* it is told (``Tale.prefix``): it is happy exactly
+# when the choice suits the friend (share with a kind one, keep from a greedy one), an XNOR of
+# two sentences that no linear function of word counts computes.
+CONTEXTUAL_FACTORS = {"friend": "full", "ending": "prefix"}
+
+_NATURES = {
+    "kind": ["{friend} was gentle and kind.", "Everyone knew {friend} as a kind friend.",
+             "{friend} always helped others."],
+    "greedy": ["{friend} was greedy.", "Everyone knew {friend} never gave things back.",
+               "{friend} liked to grab what others had."],
+}
+_CHOICES = {
+    "share": ['"Yes, let us share it," said {hero}.',
+              "{hero} thought for a moment and decided to share {obj}."],
+    "keep": ['"No, it is mine," said {hero}.',
+             "{hero} decided to keep {obj} and held it tight."],
+}
+_OUTCOMES = {  # (choice, nature): the last sentences; happy when the choice suits the friend
+    ("share", "kind"): ["{hero} and {friend} played with {obj} in {place}.",
+                        "They laughed all day, and {friend} became {hero}'s best friend.",
+                        "{hero} went home happy."],
+    ("keep", "greedy"): ["{friend} tried to grab {obj}, but {hero} held on.",
+                         "It stayed safe, and {friend} went away.",
+                         "{hero} went home happy."],
+    ("share", "greedy"): ["{friend} ran off with {obj} and never came back.",
+                          "{hero} looked all over {place}, but it was gone.",
+                          "{hero} sat alone and cried."],
+    ("keep", "kind"): ["{friend} walked away with tears in {friend}'s eyes.",
+                       "{hero} played with {obj} alone in {place}, but it was no fun.",
+                       "{hero} sat alone and cried."],
+}
 
 _FILLERS = [
     "{hero} liked to sing little songs.",
@@ -77,6 +114,7 @@ _FILLERS = [
 class Tale:
     text: str
     factors: dict[str, str]
+    prefix: str  # the story up to the hero's choice, before the outcome
 
 
 def generate(n: int, seed: int = 0) -> list[Tale]:
@@ -92,8 +130,10 @@ def factor_values() -> dict[str, list[str]]:
         "animal": list(ANIMALS),
         "place": list(PLACES),
         "object": list(OBJECTS),
-        "friend": list(HEROES),
         "season": list(SEASONS),
+        "friend": list(HEROES),
+        "nature": list(NATURES),
+        "choice": list(CHOICES),
         "ending": list(ENDINGS),
     }
 
@@ -105,7 +145,8 @@ def _tale(rng: random.Random) -> Tale:
     place = rng.choice(list(PLACES))
     obj = rng.choice(list(OBJECTS))
     season = rng.choice(list(SEASONS))
-    ending = rng.choice(ENDINGS)
+    nature, choice = rng.choice(NATURES), rng.choice(CHOICES)
+    ending = "happy" if (choice == "share") == (nature == "kind") else "sad"
 
     plural, moves = ANIMALS[animal]
     place_words, landmark = PLACES[place]
@@ -144,34 +185,13 @@ def _tale(rng: random.Random) -> Tale:
     ]
     if rng.random() < 0.5:
         s.append(f"All around {place_words[1]}, {season_sight}.")
-    if ending == "happy":
-        s += [
-            w([
-                f'"Yes, let us share it," said {hero}.',
-                f"{hero} thought for a moment and decided to share.",
-            ]),
-            f"{hero} and {friend} played with {obj_words[2]} in {place_words[2]}.",
-            w([
-                f"They laughed all day, and {friend} became {hero}'s best friend.",
-                f"When the sun went down, {hero} felt warm and happy inside.",
-            ]),
-            f"From that day on, {hero} always shared with friends.",
-        ]
-    else:
-        s += [
-            w([
-                f'"No, it is mine," said {hero}.',
-                f"{hero} did not want to share and ran away.",
-            ]),
-            f"But {hero} dropped {obj_words[2]} in {place_words[2]}, and it was lost.",
-            w([
-                f"{friend} went home, and {hero} sat alone and cried.",
-                f"{hero} looked everywhere, but {obj_words[1]} was gone, and {hero} felt sad.",
-            ]),
-            f"{hero} was sorry for not sharing with {friend}.",
-        ]
+    s.append(w(_NATURES[nature]).format(friend=friend))
+    s.append(w(_CHOICES[choice]).format(hero=hero, obj=obj_words[1]))
+    prefix = " ".join(s)
+    s += [line.format(hero=hero, friend=friend, obj=obj_words[2], place=place_words[2])
+          for line in _OUTCOMES[(choice, nature)]]
     factors = {
-        "hero": hero, "animal": animal, "place": place, "object": obj,
-        "friend": friend, "season": season, "ending": ending,
+        "hero": hero, "animal": animal, "place": place, "object": obj, "season": season,
+        "friend": friend, "nature": nature, "choice": choice, "ending": ending,
     }
-    return Tale(text=" ".join(s), factors=factors)
+    return Tale(text=" ".join(s), factors=factors, prefix=prefix)

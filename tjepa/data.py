@@ -50,6 +50,8 @@ class Corpus:
     splits: dict[str, list[str]]
     factors: dict[str, dict[str, list[str]]] | None = None  # split -> factor -> values
     factor_values: dict[str, list[str]] | None = None
+    contextual: dict[str, str] | None = None  # factor -> "full" or "prefix" (see corpus.py)
+    prefixes: dict[str, list[str]] | None = None  # split -> each story before its outcome
 
 
 def read_corpus(source: str, max_documents: int | None = None, seed: int = 0) -> Corpus:
@@ -107,12 +109,14 @@ def _read_tinytales(n: int, seed: int) -> Corpus:
     from tjepa import corpus
 
     n_val = max(1, n // 20)
-    splits, factors = {}, {}
+    splits, factors, prefixes = {}, {}, {}
     for split, count, split_seed in (("train", n, seed), ("val", n_val, seed + 1_000_003)):
         tales = corpus.generate(count, seed=split_seed)
         splits[split] = [t.text for t in tales]
+        prefixes[split] = [t.prefix for t in tales]
         factors[split] = {f: [t.factors[f] for t in tales] for f in corpus.FACTORS}
-    return Corpus("tinytales", splits, factors, corpus.factor_values())
+    return Corpus("tinytales", splits, factors, corpus.factor_values(),
+                  corpus.CONTEXTUAL_FACTORS, prefixes)
 
 
 def _read_local(path: Path, seed: int) -> Corpus:
@@ -159,10 +163,12 @@ def _limit(corpus: Corpus, max_documents: int) -> Corpus:
     n_val = max(1, min(len(corpus.splits["val"]), max_documents // 20))
     sizes = {"train": max(1, max_documents - n_val), "val": n_val}
     splits = {s: docs[: sizes[s]] for s, docs in corpus.splits.items()}
-    factors = None
+    factors = prefixes = None
     if corpus.factors:
         factors = {s: {f: v[: sizes[s]] for f, v in fs.items()} for s, fs in corpus.factors.items()}
-    return Corpus(corpus.source, splits, factors, corpus.factor_values)
+        prefixes = {s: v[: sizes[s]] for s, v in corpus.prefixes.items()}
+    return Corpus(corpus.source, splits, factors, corpus.factor_values, corpus.contextual,
+                  prefixes)
 
 
 def _split_txt(text: str) -> list[str]:
@@ -330,9 +336,13 @@ def prepare(
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
         if corpus.factors:
-            (tmp / "factors.json").write_text(
-                json.dumps({"values": corpus.factor_values, **corpus.factors})
-            )
+            prefix_tokens = {split: [len(ids) for chunk in tokenize(texts, enc, f"prefix {split}")
+                                     for ids in chunk]
+                             for split, texts in corpus.prefixes.items()}
+            (tmp / "factors.json").write_text(json.dumps({
+                "values": corpus.factor_values, "contextual": corpus.contextual,
+                "prefix_tokens": prefix_tokens, **corpus.factors,
+            }))
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -425,10 +435,14 @@ class DocumentSplit:
     def document(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
-    def batch(self, documents: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Documents ``documents`` truncated to ``block_size``: tokens (B, T) and lengths (B,)."""
+    def batch(self, documents: np.ndarray, block_size: int,
+              limits: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Documents ``documents`` truncated to ``block_size`` (and to ``limits``, one per
+        document, when given): tokens (B, T) and lengths (B,)."""
         starts = self.offsets[documents]
         lengths = np.minimum(self.offsets[documents + 1] - starts, block_size)
+        if limits is not None:
+            lengths = np.minimum(lengths, limits)
         width = int(lengths.max())
         cols = np.arange(width)
         valid = cols[None, :] < lengths[:, None]

@@ -166,7 +166,8 @@ class MaskedBatch:
 
 class MaskSampler:
     """Turns documents into a ``MaskedBatch``; deterministic under ``seed``, resumable through
-    ``state_dict``. ``pad_multiple`` rounds the packed widths up (fewer shapes to compile)."""
+    ``state_dict``. ``pad_multiple`` rounds the document and packed widths up to a multiple of
+    it (fewer shapes for ``torch.compile`` to specialize on)."""
 
     def __init__(self, config: MaskingConfig, seed: int = 0, device: str | torch.device = "cpu",
                  pad_multiple: int = 1):
@@ -187,7 +188,9 @@ class MaskSampler:
         """tokens (B, T), lengths (B,) → a MaskedBatch with ``B * views`` views."""
         tokens, lengths = tokens.to(self.device), lengths.to(self.device)
         assert int(lengths.min()) >= 2, "every document needs at least 2 tokens"
-        n_docs, width = tokens.shape
+        width = -(-tokens.shape[1] // self.pad_multiple) * self.pad_multiple
+        tokens = torch.nn.functional.pad(tokens, (0, width - tokens.shape[1]))
+        n_docs = len(tokens)
         views = self.config.views
         document = torch.arange(n_docs, device=self.device).repeat_interleave(views)
         length = lengths[document]  # (V,)

@@ -108,3 +108,22 @@ def training_figure(records: Sequence[dict]) -> Figure:
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def probe_figure(results) -> Figure:
+    """Probe accuracies: trained encoder, random init and bag of embeddings side by side."""
+    names = [r.name for r in results]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
+    series = [("trained", "trained"), ("random_init", "random init"),
+              ("bag_of_embeddings", "bag of embeddings")]
+    for i, (key, label) in enumerate(series):
+        values = [getattr(r, key) if getattr(r, key) is not None else np.nan for r in results]
+        ax.bar(x + (i - 1) * 0.27, values, width=0.27, label=label)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("validation accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("linear probes on frozen embeddings")
+    fig.tight_layout()
+    return fig

@@ -17,8 +17,10 @@ import contextlib
 import json
 import math
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 import tomllib
 import warnings
@@ -36,6 +38,7 @@ from tjepa.config import ConfigError, check, dump_toml, from_dict, load_toml, to
 from tjepa.jepa import JEPA, OptimConfig, Schedule, make_optimizer
 from tjepa.masking import CONFIG_DIR, MaskedBatch, MaskingConfig, MaskSampler
 from tjepa.model import ModelConfig, count_parameters
+from tjepa.monitor import CollapseAlarm, MonitorConfig, measure
 
 DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
 CHECKPOINT_FORMAT = "tjepa-checkpoint-1"
@@ -62,6 +65,7 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda when present, else cpu
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA
     compile: bool = False
+    pad_multiple: int = 1  # round packed widths up to this (128 with compile: few shapes)
     grad_accum: int = 1
     log_interval: int = 10
     eval_interval: int = 100
@@ -69,7 +73,7 @@ class TrainConfig:
     checkpoint_interval: int = 200
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "grad_accum", "log_interval", "eval_interval",
+        for name in ("max_steps", "grad_accum", "pad_multiple", "log_interval", "eval_interval",
                      "eval_batches", "checkpoint_interval"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -90,6 +94,7 @@ class RunConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
@@ -177,7 +182,8 @@ def train(
     loader = data.DocumentLoader(bins.split("train"), config.data.batch_size,
                                  config.data.block_size, config.train.seed,
                                  config.data.min_tokens)
-    sampler = MaskSampler(config.masking, seed=config.train.seed)
+    sampler = MaskSampler(config.masking, seed=config.train.seed,
+                          pad_multiple=config.train.pad_multiple)
     step, best_val = 0, math.inf
     if resume:
         checkpoint = load_checkpoint(run_dir / "last.pt", device)
@@ -189,6 +195,8 @@ def train(
     elif world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(dump_toml(to_dict(config)))
+        # the vocabulary travels with the run, so the run folder alone can embed new text
+        (run_dir / "vocab.json").write_text(json.dumps(bins.meta))
     if config.train.compile:
         for module in (model.context_encoder, model.target_encoder, model.predictor):
             module.compile()
@@ -199,10 +207,13 @@ def train(
 
     log = MetricsLog(run_dir, config, enabled=world.is_main, resume_step=step if resume else None)
     val_batches = _validation_batches(bins, config)
+    held_out = _held_out_documents(bins, config)
+    alarm = CollapseAlarm(config.monitor, config.model.dim)
     end = min(stop_at or config.train.max_steps, config.train.max_steps)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext())
-    save = lambda name: _save(run_dir / name, model, optimizer, sampler, loader, step,
-                              best_val, config, world)
+    stream = BatchStream(loader, sampler, pin=device.type == "cuda")
+    save = lambda name: _save(run_dir / name, model, optimizer, stream, step, best_val, config,
+                              world)
     if world.is_main and not resume:
         log.info(f"{count_parameters(model.context_encoder):,} encoder and "
                  f"{count_parameters(model.predictor):,} predictor parameters on {device}")
@@ -217,19 +228,19 @@ def train(
         with stop:
             while step < end and not stop.requested:
                 schedule.apply(optimizer, step)
-                tokens, lengths = loader.next_batch()
-                batch = sampler(tokens, lengths)
-                step_loss = _optimizer_step(network, model, optimizer, batch, world, config,
-                                            device, autocast)
+                batch, n_tokens = stream.next()
+                step_loss = optimizer_step(network, model, optimizer, batch, world, config,
+                                           device, autocast)
                 model.update_target(schedule.momentum(step))
                 first_bad_step = torch.where(
                     ~torch.isfinite(step_loss) & (first_bad_step < 0), step, first_bad_step)
                 step += 1
-                window_tokens += int(lengths.sum())
+                window_tokens += n_tokens
                 bar.update(1)
 
                 is_last = step == end or stop.requested
-                if step % config.train.log_interval == 0 or is_last:
+                monitor_now = step % config.monitor.interval == 0 or is_last
+                if step % config.train.log_interval == 0 or monitor_now:
                     _check_finite(first_bad_step, run_dir)
                     loss = _global_mean(step_loss, world)
                     now = time.perf_counter()
@@ -245,36 +256,47 @@ def train(
                         if record["val_loss"] < best_val:
                             best_val = record["val_loss"]
                             save("best.pt")
+                    if monitor_now:
+                        record.update(measure(model, *(t.to(device) for t in held_out),
+                                              config.monitor.max_tokens))
+                        if alarm.check(record, step):
+                            record["collapse_alarm"] = True
+                            stop.requested |= config.monitor.stop_on_alarm
+                        bar.set_postfix(loss=f"{loss:.4f}", rankme=f"{record['rankme']:.1f}",
+                                        tok_s=f"{tokens_per_s:,.0f}")
                     losses.append(loss)
                     log.write(record)
-                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
                 if step % config.train.checkpoint_interval == 0 or is_last:
                     _check_finite(first_bad_step, run_dir)
                     save("last.pt")
     finally:
+        stream.close()
         bar.close()
         log.close()
     if stop.requested and world.is_main:
-        log.info(f"stopped at step {step} by a signal; resume with: python -m tjepa.train "
+        why = "by the collapse alarm" if alarm.tripped_at is not None else "by a signal"
+        log.info(f"stopped at step {step} {why}; resume with: python -m tjepa.train "
                  f"--resume {run_dir}")
     if world.is_main:
         log.figure()
     return {"run_dir": str(run_dir), "step": step, "losses": losses, "best_val_loss": best_val,
-            "stopped_by_signal": stop.requested, "seconds": time.perf_counter() - started}
+            "stopped_early": stop.requested, "collapse_alarm_step": alarm.tripped_at,
+            "seconds": time.perf_counter() - started}
 
 
-def _optimizer_step(network, model: JEPA, optimizer, batch: MaskedBatch, world: Distributed,
-                    config: RunConfig, device, autocast) -> torch.Tensor:
+def optimizer_step(network, model: JEPA, optimizer, batch: MaskedBatch, world: Distributed,
+                   config: RunConfig, device, autocast) -> torch.Tensor:
     """Forward and backward over this rank's micro-batches, clip, step. Returns the mean loss
-    over the whole global batch (this rank's part of it; ``_global_mean`` adds the rest)."""
+    over the whole global batch (this rank's part of it; ``_global_mean`` adds the rest).
+    Nothing here waits for the device: no ``.item()``, no pageable copies."""
     accum = config.train.grad_accum
-    # Every rank holds the global batch's masks, so it knows the global number of targets and
-    # can normalize by it: gradients then equal those of one process on the whole batch.
-    total_targets = batch.target_valid.sum().clamp(min=1).to(device)
+    # Every rank holds the global batch's masks (index tensors: small), so it knows the global
+    # number of targets and normalizes by it: gradients equal one process on the whole batch.
+    batch = batch.to(device, non_blocking=True)
+    total_targets = batch.target_valid.sum().clamp(min=1)
     step_loss = torch.zeros((), device=device)
     for micro in range(accum):
         part = batch.part(world.rank * accum + micro, world.world_size * accum)
-        part = part.to(device, non_blocking=True)
         sync = micro == accum - 1 or world.world_size == 1
         with (nullcontext() if sync else network.no_sync()), autocast:
             loss_sum, _ = network(part)
@@ -311,6 +333,15 @@ def _validation_batches(bins: data.TokenBins, config: RunConfig) -> list[MaskedB
     return [sampler(*loader.next_batch()) for _ in range(config.train.eval_batches)]
 
 
+def _held_out_documents(bins: data.TokenBins, config: RunConfig):
+    """A fixed batch of validation documents for the collapse metrics: tokens, lengths."""
+    split = bins.split("val")
+    loader = data.DocumentLoader(split, min(config.monitor.documents, len(split)),
+                                 config.data.block_size, seed=config.train.seed,
+                                 min_tokens=config.data.min_tokens)
+    return loader.next_batch()
+
+
 def _check_finite(first_bad_step: torch.Tensor, run_dir: Path) -> None:
     bad = int(first_bad_step)
     if bad >= 0:
@@ -326,18 +357,63 @@ def _global_mean(step_loss: torch.Tensor, world: Distributed) -> float:
     return float(step_loss)
 
 
+class BatchStream:
+    """Masked batches made ahead in a background thread, so masking and pinning overlap the
+    device's work. The state it reports (loader position, sampler generator) is that of the
+    last batch handed out, not of the ones made ahead: checkpoints resume exactly."""
+
+    def __init__(self, loader: data.DocumentLoader, sampler: MaskSampler, pin: bool = False,
+                 ahead: int = 2):
+        self.loader, self.sampler, self.pin = loader, sampler, pin
+        self.loader_position, self.sampler_state = loader.position, sampler.state_dict()
+        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            while not self._stop.is_set():
+                tokens, lengths = self.loader.next_batch()
+                batch = self.sampler(tokens, lengths)
+                if self.pin:
+                    batch = batch.pin_memory()
+                item = (batch, int(lengths.sum()), self.loader.position,
+                        self.sampler.state_dict())
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # surfaces in next(), on the training thread
+            self._queue.put(e)
+
+    def next(self) -> tuple[MaskedBatch, int]:
+        """The next batch and its number of input tokens."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        batch, n_tokens, self.loader_position, self.sampler_state = item
+        return batch, n_tokens
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 # --- checkpoints ---------------------------------------------------------------------------
 
 
-def _save(path: Path, model, optimizer, sampler, loader, step, best_val, config, world) -> None:
+def _save(path: Path, model, optimizer, stream, step, best_val, config, world) -> None:
     if not world.is_main:
         return
     state = {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "sampler": sampler.state_dict(),
-        "loader_position": loader.position,
+        "sampler": stream.sampler_state,
+        "loader_position": stream.loader_position,
         "step": step,
         "best_val_loss": best_val,
         "config": to_dict(config),
@@ -536,9 +612,11 @@ def main(argv: list[str] | None = None) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     if summary["losses"]:
+        best = summary["best_val_loss"]
         print(f"run {summary['run_dir']}: step {summary['step']}, loss "
-              f"{summary['losses'][0]:.4f} → {summary['losses'][-1]:.4f}, best val "
-              f"{summary['best_val_loss']:.4f}, {summary['seconds']:.0f} s")
+              f"{summary['losses'][0]:.4f} → {summary['losses'][-1]:.4f}"
+              + (f", best val {best:.4f}" if math.isfinite(best) else "")
+              + f", {summary['seconds']:.0f} s")
     return 0
 
 

@@ -1,0 +1,97 @@
+"""Collapse metrics and the alarm, on matrices with a known answer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tjepa.monitor import (
+    CollapseAlarm,
+    MonitorConfig,
+    collapse_metrics,
+    embedding_std,
+    mean_pairwise_cosine,
+    rankme,
+    sigreg,
+)
+
+
+def orthogonal_rank_k(n: int, d: int, k: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(n, k, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(d, k, generator=g))
+    return u @ v.T  # k equal singular values
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 32])
+def test_rankme_of_a_rank_k_matrix_is_k(k):
+    assert rankme(orthogonal_rank_k(200, 64, k)) == pytest.approx(k, rel=0.02)
+
+
+def test_rankme_of_a_constant_matrix_is_one():
+    assert rankme(torch.ones(100, 32) * 3.0) == pytest.approx(1.0, abs=0.01)
+
+
+def test_rankme_of_gaussian_noise_is_near_full_width():
+    x = torch.randn(2000, 64, generator=torch.Generator().manual_seed(0))
+    assert rankme(x) > 0.9 * 64
+
+
+def test_std_is_one_over_root_d_when_healthy_and_zero_when_collapsed():
+    x = torch.randn(4000, 64, generator=torch.Generator().manual_seed(0))
+    assert embedding_std(x) == pytest.approx(1 / math.sqrt(64), rel=0.05)
+    assert embedding_std(torch.ones(100, 64) + 1e-6 * x[:100]) < 1e-4
+
+
+def test_std_and_cosine_miss_dimensional_collapse_that_rankme_and_sigreg_catch():
+    g = torch.Generator().manual_seed(0)
+    healthy = torch.randn(2000, 64, generator=g)
+    plane = torch.randn(2000, 2, generator=g) @ torch.randn(2, 64, generator=g)  # rank 2
+    # std and cosine barely move ...
+    assert embedding_std(plane) > 0.5 * embedding_std(healthy)
+    assert abs(mean_pairwise_cosine(plane)) < 0.01
+    # ... RankMe and SIGReg do
+    assert rankme(plane) < 2.5 < 0.9 * 64 < rankme(healthy)
+    assert float(sigreg(plane)) > 20 * float(sigreg(healthy))
+
+
+def test_sigreg_is_about_one_for_gaussian_samples_and_large_for_collapsed_ones():
+    g = torch.Generator().manual_seed(0)
+    gaussian = torch.randn(4000, 32, generator=g)
+    assert float(sigreg(gaussian, normalize=False, generator=g)) == pytest.approx(1.06, abs=0.3)
+    # estimating the mean and scale first takes some of the sampling noise away
+    assert float(sigreg(gaussian, generator=g)) == pytest.approx(0.55, abs=0.15)
+    assert float(sigreg(torch.ones(4000, 32), generator=g)) > 500
+    shifted = gaussian * 3 + 2
+    assert float(sigreg(shifted, normalize=False, generator=g)) > 100  # the regularizer's view
+    assert float(sigreg(shifted, generator=g)) == pytest.approx(0.55, abs=0.15)
+
+
+def test_sigreg_is_differentiable():
+    x = torch.randn(256, 16, requires_grad=True)
+    sigreg(x, normalize=False).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_collapse_metrics_report_token_and_document_levels():
+    x = torch.randn(500, 16)
+    m = collapse_metrics(x, x[:50], prefix="context_")
+    assert set(m) == {"context_rankme", "context_std", "context_cosine", "context_sigreg",
+                      "context_rankme_doc", "context_std_doc"}
+
+
+def test_alarm_trips_on_rankme_or_std_and_warns_once():
+    alarm = CollapseAlarm(MonitorConfig(rankme_alarm=0.1, std_alarm=0.2), width=64)
+    healthy = {"rankme": 40.0, "std": 1 / 8}
+    assert not alarm.check(healthy, step=10)
+    with pytest.warns(UserWarning, match="collapse alarm at step 20"):
+        assert alarm.check({"rankme": 3.0, "std": 1 / 8}, step=20)
+    assert alarm.tripped_at == 20
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise
+        assert alarm.check({"rankme": 40.0, "std": 0.001}, step=30)
+    assert alarm.tripped_at == 20

@@ -1,0 +1,86 @@
+"""Probes on features with a known answer, and the evaluation of a real (tiny) run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tjepa import eval as tjepa_eval
+from tjepa import probe, train
+from tests.test_train import tiny
+
+
+def test_linear_probe_reads_a_linearly_coded_label_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (600,), generator=g)
+    x = torch.randn(600, 16, generator=g)
+    x[:, :4] += 5 * torch.nn.functional.one_hot(y, 4)
+    assert probe.linear_probe(x[:400], y[:400], x[400:], y[400:]) > 0.95
+    noise = torch.randn(600, 16, generator=g)
+    assert probe.linear_probe(noise[:400], y[:400], noise[400:], y[400:]) < 0.4
+
+
+def test_linear_probe_cannot_compute_xnor_but_pair_features_can_compare():
+    g = torch.Generator().manual_seed(0)
+    bits = torch.randint(0, 2, (800, 2), generator=g).float()
+    xnor = (bits[:, 0] == bits[:, 1]).long()
+    x = bits + 0.05 * torch.randn(800, 2, generator=g)
+    assert probe.linear_probe(x[:600], xnor[:600], x[600:], xnor[600:]) < 0.65
+    pairs = probe.pair_features(x[:, :1], x[:, 1:])  # [a, b, |a-b|, ab]
+    assert probe.linear_probe(pairs[:600], xnor[:600], pairs[600:], xnor[600:]) > 0.95
+
+
+def test_nearest_documents_finds_the_closest_rows():
+    x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0], [0.0, 1.0]])
+    assert probe.nearest_documents(x, 0, k=1)[0][0] == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tinytales_bins, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    config = train.load_config(None, tiny(tinytales_bins, "train.max_steps=8",
+                                          "monitor.interval=4"))
+    train.train(config, run, progress=False)
+    return run
+
+
+def test_eval_scores_every_probe_against_random_init(tiny_run):
+    report = tjepa_eval.evaluate(tiny_run, progress=False)
+    names = {p["name"] for p in report["probes"]}
+    assert {"factor:hero", "factor:ending", "factor:friend", "same_story", "token_identity",
+            "decoder_lens"} <= names
+    for p in report["probes"]:
+        assert 0 <= p["trained"] <= 1 and 0 <= p["random_init"] <= 1
+        assert p["kind"] in ("semantic", "lexical", "information")
+    hero = next(p for p in report["probes"] if p["name"] == "factor:hero")
+    assert hero["bag_of_embeddings"] > 0.9  # a name is a word: a bag of words reads it
+    assert report["rankme"] > 0
+    assert json.loads((tiny_run / "eval.json").read_text())["probes"] == report["probes"]
+    assert (tiny_run / "eval.png").exists()
+
+
+def test_eval_cli_prints_json_last(tiny_run):
+    result = subprocess.run([sys.executable, "-m", "tjepa.eval", str(tiny_run), "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"probes", "rankme"} <= set(last)
+
+
+def test_embed_handles_unseen_tokens_and_returns_one_row_per_text(tiny_run):
+    vectors = tjepa_eval.embed(tiny_run, ["Lily found a red ball.", "Quantum zebra xylophone!"])
+    assert vectors.shape == (2, 32) and np.isfinite(vectors).all()
+
+
+def test_embed_cli_writes_npy(tiny_run, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("One story.\n<|endoftext|>\nAnother story.\n")
+    result = subprocess.run([sys.executable, "-m", "tjepa.embed", str(tiny_run), str(texts)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "texts.npy").shape == (2, 32)

@@ -1,0 +1,101 @@
+"""Evaluate a run: the probe suite on its frozen encoder, against random init and a bag of words.
+
+    python -m tjepa.eval out/default-20260101-120000 [--data DIR] [--json]
+
+Writes ``eval.json`` and ``eval.png`` into the run folder; with ``--json`` the last line printed
+is ``{"probes": [...], "rankme": ...}``. Also home of ``load_run`` and ``embed``: what a user
+needs to take a trained encoder to their own task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tjepa import data, probe
+from tjepa.config import ConfigError, from_dict, load_toml
+from tjepa.jepa import JEPA
+from tjepa.train import RunConfig, TrainingError, load_checkpoint, read_metrics
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu"):
+    """A run's JEPA (eval mode), RunConfig and vocabulary, from the run folder alone."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise TrainingError(f"{run_dir}: not a run folder (no config.toml)")
+    config = from_dict(RunConfig, load_toml(run_dir / "config.toml"))
+    path = run_dir / f"{checkpoint}.pt"
+    state = load_checkpoint(path if path.exists() else run_dir / "last.pt", device)
+    model = JEPA(config.model, config.optim.loss)
+    model.load_state_dict(state["model"])
+    vocab = data.Vocabulary.from_meta(json.loads((run_dir / "vocab.json").read_text()))
+    return model.to(device).eval(), config, vocab
+
+
+def embed(run_dir: str | Path, texts: list[str], batch_size: int = 64,
+          device: str = "cpu") -> np.ndarray:
+    """Mean-pooled target-encoder embeddings of ``texts``: (N, D) float32.
+
+    Tokens the run never saw in training go through the unseen-token id; texts longer than the
+    run's block size are truncated.
+    """
+    model, config, vocab = load_run(run_dir, device=device)
+    ids = [vocab.encode(t)[: config.data.block_size].astype(np.int64) for t in texts]
+    out = []
+    for start in range(0, len(ids), batch_size):
+        tokens, lengths = probe.pad(ids[start : start + batch_size])
+        out.append(probe.pooled(model.target_encoder, tokens.to(device), lengths.to(device)))
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, config.model.dim), np.float32)
+
+
+def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "cpu",
+             progress: bool = True) -> dict:
+    """Run the probe suite on a run; writes eval.json and eval.png; returns the report."""
+    run_dir = Path(run_dir)
+    model, config, _ = load_run(run_dir, device=device)
+    bins = data.TokenBins(data_dir or config.data.dir)
+    results = probe.evaluate_run(model, bins, config.data.block_size, config.masking,
+                                 seed=config.train.seed, device=device, progress=progress)
+    measured = [r for r in read_metrics(run_dir) if "rankme" in r]
+    report = {"run_dir": str(run_dir), "probes": probe.as_dicts(results),
+              "rankme": measured[-1]["rankme"] if measured else None}
+    semantic = [r for r in results if r.kind == "semantic"]
+    report["semantic_gain"] = round(float(np.mean([r.trained - r.random_init
+                                                   for r in semantic])), 4)
+    (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    from tjepa import plot
+
+    fig = plot.probe_figure(results)
+    fig.savefig(run_dir / "eval.png", dpi=110)
+    plot.plt.close(fig)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tjepa.eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("--data", help="bins folder (default: the run's data.dir)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        report = evaluate(args.run_dir, args.data, args.device)
+    except (ConfigError, data.DataError, TrainingError) as e:
+        print(f"tjepa.eval: error: {e}", file=sys.stderr)
+        return 1
+    print(probe.results_table([probe.ProbeResult(**r) for r in report["probes"]]))
+    print(f"mean gain over random init on semantic probes: {report['semantic_gain']:+.3f}; "
+          f"final RankMe {report['rankme']}")
+    if args.json:
+        print(json.dumps({k: report[k] for k in ("probes", "rankme", "semantic_gain")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Collapse metrics, watched live: is the encoder still saying different things about different
+inputs?
+
+A JEPA can cheat: if the target encoder maps everything to one point (complete collapse) or to
+a few directions (dimensional collapse), prediction becomes easy and the loss falls while the
+representation dies. The metrics below tell these apart:
+
+- ``rankme``: exp of the entropy of the normalized singular values (Garrido et al. 2023),
+  the effective number of dimensions in use; ≈ 1 when collapsed, up to the width when healthy.
+- ``std``: mean per-dimension standard deviation of L2-normalized embeddings (≈ 1/√d healthy,
+  → 0 under complete collapse).
+- ``cosine``: mean pairwise cosine similarity of centred embeddings.
+- ``sigreg``: the Epps–Pulley statistic of random 1-D projections against N(0, 1) (LeJEPA,
+  Balestriero & LeCun 2025), ≈ 0.55 for Gaussian embeddings once centred and scaled, far
+  larger when they are squeezed into few directions.
+
+``std`` and ``cosine`` miss dimensional collapse: embeddings on a 2-D plane still spread out
+and still look uncorrelated to them. RankMe and SIGReg catch it, so the alarm rests on RankMe
+(and on ``std`` only for the complete collapse it does see). Metrics are computed on token
+embeddings (plain keys) and, for RankMe and std, on mean-pooled documents (``_doc`` keys).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tjepa.config import check
+from tjepa.jepa import JEPA, encode_documents
+
+
+@dataclass
+class MonitorConfig:
+    interval: int = 50  # steps between measurements
+    documents: int = 256  # held-out validation documents measured each time
+    max_tokens: int = 2048  # token embeddings sampled from them for the metrics
+    rankme_alarm: float = 0.1  # alarm when the target encoder's token RankMe < this × width
+    std_alarm: float = 0.2  # ... or when its token std < this × 1/√width
+    stop_on_alarm: bool = False
+
+    def __post_init__(self) -> None:
+        check(self.interval >= 1, f"interval must be >= 1, got {self.interval}")
+        check(self.documents >= 2, f"documents must be >= 2, got {self.documents}")
+        check(0 <= self.rankme_alarm < 1, "rankme_alarm must be in [0, 1)")
+
+
+def rankme(embeddings: Tensor, eps: float = 1e-7) -> float:
+    """Effective rank of (N, D): exp(entropy(σ / Σσ))."""
+    singular = torch.linalg.svdvals(embeddings.double())
+    p = singular / singular.sum().clamp(min=eps) + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def embedding_std(embeddings: Tensor) -> float:
+    """Mean over dimensions of the std across samples of L2-normalized embeddings."""
+    return float(F.normalize(embeddings.double(), dim=-1).std(0).mean())
+
+
+def mean_pairwise_cosine(embeddings: Tensor) -> float:
+    """Mean cosine similarity between distinct rows of the centred embeddings."""
+    x = F.normalize(embeddings.double() - embeddings.double().mean(0), dim=-1)
+    n = len(x)
+    return float(((x @ x.T).sum() - (x * x).sum()) / (n * (n - 1)))
+
+
+def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
+           generator: torch.Generator | None = None, knots: int = 33) -> Tensor:
+    """Epps–Pulley statistic of random unit projections against N(0, 1), averaged (0-d).
+
+    ``N ∫ |φ_N(t) − e^{−t²/2}|² e^{−t²/2} dt``, with φ_N the empirical characteristic function
+    of the N projected values; its expectation for N(0, I) samples is √(2π)(1 − 1/√3) ≈ 1.06.
+    ``normalize`` centres the embeddings and scales them to unit mean variance per direction
+    first, which makes it a scale-free test of shape (the monitor; estimating mean and scale
+    lowers the Gaussian level to ≈ 0.55); without it, it also asks for zero mean and unit
+    variance (the LeJEPA regularizer). Differentiable.
+    """
+    x = embeddings.float()
+    if normalize:
+        x = x - x.mean(0)
+        x = x / x.pow(2).sum(1).mean().div(x.shape[1]).sqrt().clamp(min=1e-6)
+    a = torch.randn(x.shape[1], directions, device=x.device, generator=generator)
+    z = x @ F.normalize(a, dim=0)  # (N, M)
+    t = torch.linspace(-5, 5, knots, device=x.device)
+    zt = z[:, :, None] * t  # (N, M, K)
+    real, imag = zt.cos().mean(0), zt.sin().mean(0)  # (M, K)
+    gauss = torch.exp(-t.square() / 2)
+    integrand = ((real - gauss).square() + imag.square()) * gauss
+    return len(x) * torch.trapezoid(integrand, t, dim=-1).mean()
+
+
+def collapse_metrics(tokens: Tensor, documents: Tensor | None = None,
+                     prefix: str = "") -> dict[str, float]:
+    """All metrics for token embeddings (M, D), plus RankMe and std of mean-pooled document
+    embeddings (N, D) as ``rankme_doc`` and ``std_doc``.
+
+    The token level leads: mean-pooling a random-init encoder already gives near-identical
+    document vectors (pooling averages its noise away), so document metrics look collapsed at
+    step 0 even when nothing is wrong.
+    """
+    generator = torch.Generator(tokens.device).manual_seed(0)  # same projections each time
+    metrics = {
+        "rankme": rankme(tokens),
+        "std": embedding_std(tokens),
+        "cosine": mean_pairwise_cosine(tokens),
+        "sigreg": float(sigreg(tokens, generator=generator)),
+    }
+    if documents is not None:
+        metrics["rankme_doc"] = rankme(documents)
+        metrics["std_doc"] = embedding_std(documents)
+    return {f"{prefix}{k}": round(v, 5) for k, v in metrics.items()}
+
+
+@dataclass
+class CollapseAlarm:
+    """Trips once when RankMe or std of the target encoder fall below their lines."""
+
+    config: MonitorConfig
+    width: int
+    tripped_at: int | None = None
+
+    @property
+    def rankme_line(self) -> float:
+        return self.config.rankme_alarm * self.width
+
+    @property
+    def std_line(self) -> float:
+        return self.config.std_alarm / math.sqrt(self.width)
+
+    def check(self, metrics: dict[str, float], step: int) -> bool:
+        """True when this measurement trips the alarm (warns the first time only)."""
+        collapsed = metrics["rankme"] < self.rankme_line or metrics["std"] < self.std_line
+        if collapsed and self.tripped_at is None:
+            self.tripped_at = step
+            warnings.warn(
+                f"collapse alarm at step {step}: RankMe {metrics['rankme']:.2f} (line "
+                f"{self.rankme_line:.2f}), std {metrics['std']:.4f} (line {self.std_line:.4f})",
+                stacklevel=2)
+        return collapsed
+
+
+@torch.no_grad()
+def measure(model: JEPA, tokens: Tensor, lengths: Tensor,
+            max_tokens: int = 2048) -> dict[str, float]:
+    """Collapse metrics of the target encoder (plain keys) and the context encoder (``context_``)
+    on whole documents tokens (B, T), lengths (B,)."""
+    valid = torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]
+    token_index = valid.flatten().nonzero().squeeze(1)
+    token_index = token_index[torch.randperm(len(token_index),
+                                             generator=torch.Generator().manual_seed(0))
+                              .to(token_index.device)[:max_tokens]]
+    out = {}
+    for prefix, encoder in (("", model.target_encoder), ("context_", model.context_encoder)):
+        h = encode_documents(encoder, tokens, lengths, model.config.attention).float()
+        pooled = (h * valid[..., None]).sum(1) / lengths[:, None]
+        out.update(collapse_metrics(h.flatten(0, 1)[token_index], pooled, prefix))
+    return out

@@ -1,0 +1,338 @@
+"""Frozen-encoder evaluation: linear probes against a random-init encoder and a bag of embeddings.
+
+A JEPA has no generative head to test, so we ask what its embeddings make *linearly* readable:
+
+- ``factor:*`` (semantic, tinytales): each ground-truth factor of a story from its mean-pooled
+  embedding;
+- ``same_story`` (semantic, any corpus): were two chunks cut from the same story? from
+  ``[a, b, |a − b|, a · b]`` of the two chunks' embeddings;
+- ``token_identity`` (information): the input token from its contextual embedding;
+- ``decoder_lens`` (information): that token readout, applied to the *predictor's* outputs at
+  hidden positions — which words does the predictor "think" fill a span?
+
+Every probe is scored for the trained encoder and for a random-init encoder of the same shape
+(the bar a JEPA must clear), and, for document probes, for the mean of the trained model's
+input token embeddings (what a bag of words already gives).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tjepa import data
+from tjepa.jepa import JEPA, encode_documents
+from tjepa.masking import MaskingConfig, MaskSampler
+from tjepa.model import Encoder
+
+MAX_PROBE_DOCUMENTS = 2000  # per split; enough for stable accuracies, seconds on a CPU
+MAX_PROBE_TOKENS = 20_000
+
+
+@dataclass
+class ProbeResult:
+    name: str
+    kind: str  # "semantic" or "information"
+    trained: float
+    random_init: float
+    bag_of_embeddings: float | None = None
+    chance: float | None = None
+    n_train: int = 0
+    n_val: int = 0
+
+
+# --- features ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def pooled(encoder: Encoder, tokens: Tensor, lengths: Tensor) -> Tensor:
+    """Mean over each document's tokens of the encoder's output: (B, D)."""
+    h = encode_documents(encoder, tokens, lengths).float()
+    valid = torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]
+    return (h * valid[..., None]).sum(1) / lengths[:, None]
+
+
+@torch.no_grad()
+def bag_of_embeddings(encoder: Encoder, tokens: Tensor, lengths: Tensor) -> Tensor:
+    """Mean of the input token embeddings, no attention at all: (B, D)."""
+    valid = torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]
+    return (encoder.embed(tokens) * valid[..., None]).sum(1) / lengths[:, None]
+
+
+def document_features(feature_fn, split: data.DocumentSplit, documents: np.ndarray,
+                      block_size: int, limits: np.ndarray | None = None, batch_size: int = 64,
+                      device: str = "cpu") -> Tensor:
+    """Features of whole documents, or of their first ``limits[i]`` tokens: (N, D)."""
+    out = []
+    for start in range(0, len(documents), batch_size):
+        chunk = slice(start, start + batch_size)
+        tokens, lengths = split.batch(documents[chunk], block_size,
+                                      None if limits is None else limits[chunk])
+        out.append(feature_fn(tokens.to(device), lengths.to(device)).cpu())
+    return torch.cat(out)
+
+
+def chunk_pairs(split: data.DocumentSplit, documents: np.ndarray, block_size: int,
+                seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """First and second halves of each document, paired with their own other half (label 1)
+    or with the other half of a different document (label 0), half and half."""
+    docs = [split.document(d)[: 2 * block_size].astype(np.int64) for d in documents]
+    first = [d[: len(d) // 2] for d in docs]
+    second = [d[len(d) // 2 :] for d in docs]
+    rng = np.random.default_rng(seed)
+    n = len(documents)
+    same = rng.random(n) < 0.5
+    partner = np.where(same, np.arange(n), (np.arange(n) + rng.integers(1, n, n)) % n)
+    return first, [second[p] for p in partner], same.astype(np.int64)
+
+
+def pair_features(a: Tensor, b: Tensor) -> Tensor:
+    return torch.cat([a, b, (a - b).abs(), a * b], dim=1)
+
+
+# --- the linear probe ----------------------------------------------------------------------
+
+
+def linear_probe(x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor,
+                 weight_decay: float = 1e-3, max_iter: int = 200) -> float:
+    """Multinomial logistic regression (L-BFGS, L2) on standardized features: val accuracy."""
+    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
+    x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
+    n_classes = int(max(y_train.max(), y_val.max())) + 1
+    w = torch.zeros(x_train.shape[1], n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x_train @ w + b, y_train) + weight_decay * w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(((x_val @ w + b).argmax(1) == y_val).float().mean())
+
+
+# --- the suite -----------------------------------------------------------------------------
+
+
+def evaluate_run(model: JEPA, bins: data.TokenBins, block_size: int, masking: MaskingConfig,
+                 seed: int = 0, device: str = "cpu", progress: bool = True) -> list[ProbeResult]:
+    """All probes for a trained JEPA, its random-init twin and the bag-of-embeddings baseline."""
+    torch.manual_seed(seed + 12345)
+    random_model = JEPA(model.config, model.loss_kind).to(device).eval()
+    train_split, val_split = bins.split("train"), bins.split("val")
+    rng = np.random.default_rng(seed)
+    train_docs = np.sort(rng.permutation(len(train_split))[:MAX_PROBE_DOCUMENTS])
+    val_docs = np.arange(min(len(val_split), MAX_PROBE_DOCUMENTS))
+    encoders = {
+        "trained": lambda t, n: pooled(model.target_encoder, t, n),
+        "random_init": lambda t, n: pooled(random_model.target_encoder, t, n),
+        "bag_of_embeddings": lambda t, n: bag_of_embeddings(model.context_encoder, t, n),
+    }
+    steps = tqdm(total=4, desc="probes", disable=not progress, leave=False)
+    splits = {"train": (train_split, train_docs), "val": (val_split, val_docs)}
+
+    def features(limits=None):
+        return {name: {s: document_features(fn, split, docs, block_size,
+                                            None if limits is None else limits[s], device=device)
+                       for s, (split, docs) in splits.items()}
+                for name, fn in encoders.items()}
+
+    whole = features()
+    steps.update()
+    results = []
+
+    factors = bins.factors()
+    if factors:
+        contextual = factors.get("contextual", {})
+        prefix = features({s: np.asarray(factors["prefix_tokens"][s])[docs]
+                           for s, (_, docs) in splits.items()}) if "prefix_tokens" in factors \
+            else None
+        for factor, values in factors["values"].items():
+            index = {v: i for i, v in enumerate(values)}
+            y = {s: torch.tensor([index[v] for v in np.asarray(factors[s][factor])[docs]])
+                 for s, (_, docs) in splits.items()}
+            feats = prefix if contextual.get(factor) == "prefix" else whole
+            scores = {name: linear_probe(f["train"], y["train"], f["val"], y["val"])
+                      for name, f in feats.items()}
+            results.append(ProbeResult(
+                f"factor:{factor}", "semantic" if factor in contextual else "lexical",
+                chance=_majority(y["val"]), n_train=len(y["train"]), n_val=len(y["val"]),
+                **scores))
+    steps.update()
+
+    pair_scores = {}
+    pairs = {split_name: chunk_pairs(split, docs, block_size, seed)
+             for split_name, split, docs in (("train", train_split, train_docs),
+                                             ("val", val_split, val_docs))}
+    for name, fn in encoders.items():
+        xs = {}
+        for split_name, (first, second, _) in pairs.items():
+            a = _features_of_chunks(fn, first, device)
+            b = _features_of_chunks(fn, second, device)
+            xs[split_name] = pair_features(a, b)
+        pair_scores[name] = linear_probe(xs["train"], torch.from_numpy(pairs["train"][2]),
+                                         xs["val"], torch.from_numpy(pairs["val"][2]))
+    results.append(ProbeResult("same_story", "semantic", chance=_majority(
+        torch.from_numpy(pairs["val"][2])), n_train=len(train_docs), n_val=len(val_docs),
+        **pair_scores))
+    steps.update()
+
+    token_results = token_probes(model, random_model, train_split, val_split, train_docs,
+                                 val_docs, block_size, masking, seed, device)
+    results.extend(token_results)
+    steps.update()
+    steps.close()
+    return results
+
+
+def token_probes(model: JEPA, random_model: JEPA, train_split, val_split, train_docs, val_docs,
+                 block_size: int, masking: MaskingConfig, seed: int,
+                 device: str) -> list[ProbeResult]:
+    """Token identity from contextual embeddings, and the decoder lens on the predictor."""
+    scores, lens = {}, {}
+    for name, m in (("trained", model), ("random_init", random_model)):
+        x_train, y_train = _token_features(m, train_split, train_docs, block_size, device)
+        x_val, y_val = _token_features(m, val_split, val_docs, block_size, device)
+        readout = fit_readout(x_train, y_train)
+        scores[name] = float((readout(x_val).argmax(1) == y_val).float().mean())
+        lens[name] = decoder_lens_accuracy(m, readout, val_split, val_docs, block_size,
+                                           MaskSampler(masking, seed), device)
+    return [
+        ProbeResult("token_identity", "information", n_train=MAX_PROBE_TOKENS, **scores),
+        ProbeResult("decoder_lens", "information", **lens),
+    ]
+
+
+def fit_readout(x: Tensor, y: Tensor, weight_decay: float = 1e-4, max_iter: int = 100):
+    """A linear token readout (logistic regression), returned as a function of features."""
+    n_classes = int(y.max()) + 1
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, line_search_fn="strong_wolfe")
+    xs = (x - mean) / std
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(xs @ w + b, y) + weight_decay * w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w, b = w.detach(), b.detach()
+    return lambda features: ((features.cpu().float() - mean) / std) @ w + b
+
+
+@torch.no_grad()
+def decoder_lens_accuracy(model: JEPA, readout, split, documents, block_size: int,
+                          sampler: MaskSampler, device: str) -> float:
+    """Top-1 accuracy of the token readout on the predictor's outputs at target positions."""
+    correct = total = 0
+    for batch in _masked_batches(split, documents, block_size, sampler):
+        batch = batch.to(device)
+        predictions, _ = model.predict(batch)
+        valid = batch.target_valid
+        truth = batch.tokens[batch.document[:, None], batch.target_positions][valid]
+        correct += int((readout(predictions[valid]).argmax(1) == truth.cpu()).sum())
+        total += int(valid.sum())
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def decoder_lens_examples(model: JEPA, readout, vocab: data.Vocabulary, split, documents,
+                          block_size: int, sampler: MaskSampler, n: int = 3) -> list[dict]:
+    """For a few views: the text with its hidden spans, what the predictor reads as, the truth."""
+    batch = next(iter(_masked_batches(split, documents[:n], block_size, sampler)))
+    predictions, _ = model.predict(batch)
+    examples = []
+    for v in range(min(n, len(batch.document))):
+        valid = batch.target_valid[v]
+        positions = batch.target_positions[v][valid]
+        doc = batch.tokens[batch.document[v], : batch.lengths[batch.document[v]]]
+        guessed = readout(predictions[v][valid]).argmax(1)
+        examples.append({
+            "text": vocab.decode(doc.tolist()),
+            "hidden": vocab.decode_tokens(doc[positions].tolist()),
+            "predicted": vocab.decode_tokens(guessed.tolist()),
+            "positions": positions.tolist(),
+        })
+    return examples
+
+
+def nearest_documents(features: Tensor, query: int, k: int = 5) -> list[tuple[int, float]]:
+    """The ``k`` documents closest to document ``query`` by cosine similarity (itself excluded)."""
+    x = F.normalize(features.float() - features.float().mean(0), dim=1)
+    similarity = x @ x[query]
+    similarity[query] = -2
+    top = similarity.topk(k)
+    return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+
+
+def results_table(results: list[ProbeResult]) -> str:
+    """A Markdown table of probe results."""
+    rows = ["| probe | kind | trained | random init | bag of embeddings | chance |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"
+    for r in results:
+        rows.append(f"| {r.name} | {r.kind} | {fmt(r.trained)} | {fmt(r.random_init)} | "
+                    f"{fmt(r.bag_of_embeddings)} | {fmt(r.chance)} |")
+    return "\n".join(rows)
+
+
+def as_dicts(results: list[ProbeResult]) -> list[dict]:
+    return [asdict(r) for r in results]
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def pad(ids: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+    lengths = torch.tensor([max(len(x), 1) for x in ids])
+    tokens = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+    for i, x in enumerate(ids):
+        tokens[i, : len(x)] = torch.from_numpy(np.asarray(x, dtype=np.int64))
+    return tokens, lengths
+
+
+def _features_of_chunks(feature_fn, chunks: list[np.ndarray], device: str) -> Tensor:
+    out = []
+    for start in range(0, len(chunks), 64):
+        tokens, lengths = pad(chunks[start : start + 64])
+        out.append(feature_fn(tokens.to(device), lengths.to(device)).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _token_features(model: JEPA, split, documents, block_size: int, device: str):
+    """Layer-normed target-encoder token embeddings (what the predictor regresses) and ids."""
+    xs, ys, count = [], [], 0
+    for start in range(0, len(documents), 64):
+        tokens, lengths = split.batch(documents[start : start + 64], block_size)
+        tokens, lengths = tokens.to(device), lengths.to(device)
+        h = encode_documents(model.target_encoder, tokens, lengths).float()
+        h = F.layer_norm(h, h.shape[-1:])
+        valid = torch.arange(tokens.shape[1], device=device) < lengths[:, None]
+        xs.append(h[valid].cpu())
+        ys.append(tokens[valid].cpu())
+        count += int(valid.sum())
+        if count >= MAX_PROBE_TOKENS:
+            break
+    return torch.cat(xs)[:MAX_PROBE_TOKENS], torch.cat(ys)[:MAX_PROBE_TOKENS]
+
+
+def _masked_batches(split, documents, block_size: int, sampler: MaskSampler):
+    for start in range(0, min(len(documents), 256), 64):
+        tokens, lengths = split.batch(documents[start : start + 64], block_size)
+        yield sampler(tokens, lengths)
+
+
+def _majority(y: Tensor) -> float:
+    return float(torch.bincount(y).max()) / len(y)
