@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_train import tiny
 from tjepa import eval as tjepa_eval
 from tjepa import probe, train
-from tests.test_train import tiny
 
 
 def test_linear_probe_reads_a_linearly_coded_label_and_not_noise():
@@ -50,7 +50,7 @@ def tiny_run(tinytales_bins, tmp_path_factory):
 
 
 def test_eval_scores_every_probe_against_random_init(tiny_run):
-    report = tjepa_eval.evaluate(tiny_run, progress=False)
+    report = tjepa_eval.evaluate(tiny_run, max_documents=300, progress=False)
     names = {p["name"] for p in report["probes"]}
     assert {"factor:hero", "factor:ending", "factor:friend", "same_story", "token_identity",
             "decoder_lens"} <= names
@@ -65,7 +65,8 @@ def test_eval_scores_every_probe_against_random_init(tiny_run):
 
 
 def test_eval_cli_prints_json_last(tiny_run):
-    result = subprocess.run([sys.executable, "-m", "tjepa.eval", str(tiny_run), "--json"],
+    result = subprocess.run([sys.executable, "-m", "tjepa.eval", str(tiny_run), "--json",
+                             "--max-documents", "200"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     last = json.loads(result.stdout.strip().splitlines()[-1])

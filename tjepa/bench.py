@@ -56,6 +56,123 @@ def bench_masking(batch: int, views: int, mixture: str = "seed", block_size: int
     }
 
 
+def bench_step(config_path: str | None = None, device: str = "auto", views: int | None = None,
+               batch: int | None = None, compile: bool | None = None, steps: int = 20,
+               warmup: int = 5, vocab_size: int = 8192) -> dict:
+    """The real training step — masking, target encoder, context encoder, predictor, loss,
+    backward, AdamW, EMA — timed on synthetic TinyStories-like documents after warm-up."""
+    from tjepa.jepa import JEPA, Schedule, make_optimizer
+    from tjepa.train import (
+        Distributed,
+        compile_networks,
+        load_config,
+        optimizer_step,
+        resolve_model,
+    )
+
+    overrides = []
+    if views:
+        overrides.append(f"masking.views={views}")
+    if batch:
+        overrides.append(f"data.batch_size={batch}")
+    if compile is not None:
+        overrides.append(f"train.compile={'true' if compile else 'false'}")
+    config = load_config(config_path, overrides)
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          "cpu" if device == "auto" else device)
+    model_config = resolve_model(config, device, config.model.vocab_size or vocab_size)
+    torch.manual_seed(0)
+    model = JEPA(model_config, config.optim.loss).to(device)
+    optimizer = make_optimizer(model, config.optim, fused=device.type == "cuda")
+    schedule = Schedule(config.optim, steps + warmup)
+    if config.train.compile:
+        compile_networks(model)
+    sampler = MaskSampler(config.masking, seed=0, pad_multiple=config.train.pad_multiple)
+    generator = torch.Generator().manual_seed(0)
+    use_bf16 = device.type == "cuda" and config.train.dtype != "float32"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    block = config.data.block_size
+    docs = [synthetic_documents(config.data.batch_size, block, model_config.vocab_size,
+                                generator) for _ in range(4)]
+    pinned = device.type == "cuda"
+
+    def one_step(i: int) -> None:
+        tokens, lengths = docs[i % len(docs)]
+        batch = sampler(tokens, lengths)
+        batch = batch.pin_memory() if pinned else batch
+        schedule.apply(optimizer, i)
+        optimizer_step(model, model, optimizer, batch, Distributed(), config, device, autocast)
+        model.update_target(schedule.momentum(i))
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    started = time.perf_counter()
+    for i in tqdm(range(warmup), desc="warm-up (compiles)", leave=False):
+        one_step(i)
+    sync()
+    warmup_s = time.perf_counter() - started
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for i in tqdm(range(steps), desc="step", leave=False):
+        one_step(warmup + i)
+    sync()
+    seconds = (time.perf_counter() - started) / steps
+
+    tokens_per_step = sum(int(d[1].sum()) for d in docs) / len(docs)
+    flops = step_flops(model_config, config.data.batch_size, tokens_per_step, sampler, docs)
+    peak = _peak_flops(device)
+    return {
+        "bench": "step",
+        "config": str(config_path or "configs/default.toml"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "compile": config.train.compile,
+        "attention": model_config.attention,
+        "views": config.masking.views,
+        "batch": config.data.batch_size,
+        "step_ms": round(1000 * seconds, 2),
+        "tokens_per_s": round(tokens_per_step / seconds, 1),
+        "tflops": round(flops / seconds / 1e12, 2),
+        "mfu": round(flops / seconds / peak, 4) if peak else None,
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        if device.type == "cuda" else None,
+        "warmup_s": round(warmup_s, 1),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def step_flops(config, batch: int, tokens_per_step: float, sampler: MaskSampler,
+               docs) -> float:
+    """Useful FLOPs of one step, on real (unpadded) tokens: per token and layer, 2 FLOPs per
+    weight plus 4·S·d for attention scores and values, forward; backward doubles it again."""
+    masked = [sampler(*d) for d in docs[:2]]
+    views = len(masked[0].document)
+    context = sum(int(m.context_valid.sum()) for m in masked) / len(masked)  # per step
+    targets = sum(int(m.target_valid.sum()) for m in masked) / len(masked)
+
+    def forward(tokens: float, seq: float, dim: int, depth: int) -> float:
+        weights = depth * (4 + 2 * config.mlp_ratio) * dim * dim
+        return 2 * weights * tokens + 4 * tokens * seq * dim * depth
+
+    d, dp = config.dim, config.predictor_dim
+    target = forward(tokens_per_step, tokens_per_step / batch, d, config.depth)
+    ctx = 3 * forward(context, context / views, d, config.depth)
+    pred = 3 * forward(context + targets, (context + targets) / views, dp,
+                       config.predictor_depth)
+    return target + ctx + pred
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of the card, for MFU; None on CPU or an unknown card."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
+                      ("A10", 125e12), ("4090", 165e12)):
+        if key in name:
+            return peak
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tjepa.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,12 +183,27 @@ def main(argv: list[str] | None = None) -> int:
     masking.add_argument("--mixture", default="seed", help="a mixture in configs/masking/")
     masking.add_argument("--iters", type=int, default=200)
     masking.add_argument("--json", action="store_true")
+    step = sub.add_parser("step", help="time the whole training step")
+    step.add_argument("--config", help="TOML config (default configs/default.toml)")
+    step.add_argument("--device", default="auto")
+    step.add_argument("--views", type=int)
+    step.add_argument("--batch", type=int)
+    step.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    step.add_argument("--steps", type=int, default=20)
+    step.add_argument("--warmup", type=int, default=5)
+    step.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
     if args.what == "masking":
         result = bench_masking(args.batch, args.views, args.mixture, iters=args.iters)
         print(f"masking: {result['ms_per_batch']} ms per batch of {args.batch} documents "
               f"x {args.views} views (median of {args.iters})")
+    if args.what == "step":
+        result = bench_step(args.config, args.device, args.views, args.batch, args.compile,
+                            args.steps, args.warmup)
+        print(f"step: {result['step_ms']} ms, {result['tokens_per_s']:,.0f} input tokens/s, "
+              f"{result['tflops']} TFLOP/s on {result['device']} (batch {result['batch']}, "
+              f"{result['views']} views, compile {result['compile']})")
     if args.json:
         print(json.dumps(result))
     return 0

@@ -151,7 +151,13 @@ class Predictor(nn.Module):
 
 
 def attention_mask(groups: Tensor, backend: AttentionBackend = "sdpa") -> AttentionMask:
-    """The mask for groups (N, S), built on their device once per batch, shared by all layers."""
+    """The mask for groups (N, S), built on their device once per batch, shared by all layers.
+
+    ``flex`` falls back to SDPA on the CPU when gradients are needed: flex_attention has no CPU
+    backward. Both follow the same rule (``masking.may_attend``), and tests check they agree.
+    """
+    if backend == "flex" and groups.device.type == "cpu" and torch.is_grad_enabled():
+        backend = "sdpa"
     if backend == "sdpa":
         return masking.attention_mask(groups)
 

@@ -123,14 +123,15 @@ def linear_probe(x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor,
 
 
 def evaluate_run(model: JEPA, bins: data.TokenBins, block_size: int, masking: MaskingConfig,
-                 seed: int = 0, device: str = "cpu", progress: bool = True) -> list[ProbeResult]:
+                 seed: int = 0, device: str = "cpu", max_documents: int = MAX_PROBE_DOCUMENTS,
+                 progress: bool = True) -> list[ProbeResult]:
     """All probes for a trained JEPA, its random-init twin and the bag-of-embeddings baseline."""
     torch.manual_seed(seed + 12345)
     random_model = JEPA(model.config, model.loss_kind).to(device).eval()
     train_split, val_split = bins.split("train"), bins.split("val")
     rng = np.random.default_rng(seed)
-    train_docs = np.sort(rng.permutation(len(train_split))[:MAX_PROBE_DOCUMENTS])
-    val_docs = np.arange(min(len(val_split), MAX_PROBE_DOCUMENTS))
+    train_docs = np.sort(rng.permutation(len(train_split))[:max_documents])
+    val_docs = np.arange(min(len(val_split), max_documents))
     encoders = {
         "trained": lambda t, n: pooled(model.target_encoder, t, n),
         "random_init": lambda t, n: pooled(random_model.target_encoder, t, n),

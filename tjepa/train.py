@@ -163,8 +163,8 @@ def train(
     world = _init_distributed()
     device = _resolve_device(config.train.device, world)
     bins = _open_bins(config.data, world)
-    config = replace(config, model=replace(config.model, vocab_size=config.model.vocab_size
-                                           or bins.vocab_size))
+    config = replace(config, model=resolve_model(config, device,
+                                                 config.model.vocab_size or bins.vocab_size))
     if config.model.vocab_size < bins.vocab_size:
         raise ConfigError(f"model.vocab_size {config.model.vocab_size} is smaller than the "
                           f"vocabulary of {config.data.dir} ({bins.vocab_size})")
@@ -198,8 +198,7 @@ def train(
         # the vocabulary travels with the run, so the run folder alone can embed new text
         (run_dir / "vocab.json").write_text(json.dumps(bins.meta))
     if config.train.compile:
-        for module in (model.context_encoder, model.target_encoder, model.predictor):
-            module.compile()
+        compile_networks(model)
     network = model
     if world.world_size > 1:
         network = torch.nn.parallel.DistributedDataParallel(
@@ -331,6 +330,23 @@ def _validation_batches(bins: data.TokenBins, config: RunConfig) -> list[MaskedB
                                  min_tokens=config.data.min_tokens)
     sampler = MaskSampler(config.masking, seed=config.train.seed + 1)
     return [sampler(*loader.next_batch()) for _ in range(config.train.eval_batches)]
+
+
+def resolve_model(config: RunConfig, device: torch.device, vocab_size: int) -> ModelConfig:
+    """The model config as it will run: the vocabulary of the bins, and SDPA where flex would
+    not pay (uncompiled flex_attention materializes the scores; on the CPU it has no backward).
+    """
+    attention = config.model.attention
+    if attention == "flex" and not (config.train.compile and device.type == "cuda"):
+        attention = "sdpa"
+    return replace(config.model, vocab_size=vocab_size, attention=attention)
+
+
+def compile_networks(model: JEPA) -> None:
+    """torch.compile the three networks in place (state dict keys unchanged). Static shapes:
+    with ``train.pad_multiple`` the widths come in a handful of buckets, each compiled once."""
+    for module in (model.context_encoder, model.target_encoder, model.predictor):
+        module.compile(dynamic=False)
 
 
 def _held_out_documents(bins: data.TokenBins, config: RunConfig):
