@@ -176,6 +176,8 @@ def train(
         config.train.dtype == "auto" and device.type == "cuda")
 
     torch.manual_seed(config.train.seed)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
     model = JEPA(config.model, config.optim.loss).to(device)
     optimizer = make_optimizer(model, config.optim, fused=device.type == "cuda")
     schedule = Schedule(config.optim, config.train.max_steps)
