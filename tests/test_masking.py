@@ -215,3 +215,17 @@ def test_mask_batch_parts_hold_their_documents_and_views():
     assert torch.equal(second.lengths, lengths[2:])
     assert torch.equal(second.document, torch.tensor([0, 0, 0, 1, 1, 1]))
     assert torch.equal(second.target_positions, batch.target_positions[6:])
+
+
+def test_mask_span_statistics_match_each_denoisers_settings():
+    from tjepa.masking import span_statistics
+
+    config = MaskingConfig("ul2", views=4)
+    batch = MaskSampler(config, seed=0)(torch.ones(400, 200, dtype=torch.long),
+                                        torch.full((400,), 200))
+    stats = span_statistics(batch, config)
+    for d in config.denoisers:
+        assert stats[d.name]["target_rate"] == pytest.approx(d.rate, abs=0.01)
+        assert stats[d.name]["context_rate"] == pytest.approx(1 - d.rate, abs=0.01)
+        if d.kind == "span" and d.mean_span < 10:
+            assert stats[d.name]["mean_span"] == pytest.approx(d.mean_span, rel=0.1)

@@ -44,3 +44,15 @@ def test_mask_figures_draw():
     image = fig.axes[0].images[0].get_array()
     side = batch.context_positions.shape[1] + batch.target_positions.shape[1]
     assert image.shape == (side, side)
+
+
+def test_mask_denoiser_view_changes_with_its_controls():
+    tokens = torch.arange(1, 61).repeat(2, 1)
+    lengths = torch.tensor([60, 45])
+    strings = [[f"t{i}" for i in range(60)]] * 2
+    html_a, fig_a = plot.denoiser_view(tokens, lengths, strings, rate=0.15, mean_span=3, seed=0)
+    html_b, _ = plot.denoiser_view(tokens, lengths, strings, rate=0.5, mean_span=8, seed=0)
+    html_s, _ = plot.denoiser_view(tokens, lengths, strings, kind="suffix", rate=0.25)
+    assert html_a != html_b and "rate=0.50" in html_b
+    assert html_s.count("font-weight:bold") == 15  # the last quarter of 60 tokens
+    assert len(fig_a.axes) == 1

@@ -293,6 +293,26 @@ def attention_mask(groups: Tensor) -> Tensor:
     return allowed[:, None]
 
 
+def span_statistics(batch: MaskedBatch, config: MaskingConfig) -> dict[str, dict[str, float]]:
+    """Per denoiser: views, mean target rate, mean span length, mean spans and context share."""
+    length = batch.lengths[batch.document].double()
+    targets = batch.target_valid.sum(1).double()
+    spans = (batch.target_span.max(1).values + 1).double()
+    context = batch.context_valid.sum(1).double()
+    stats = {}
+    for i, d in enumerate(config.denoisers):
+        mine = batch.denoiser == i
+        if mine.any():
+            stats[d.name] = {
+                "views": int(mine.sum()),
+                "target_rate": float((targets[mine] / length[mine]).mean()),
+                "mean_span": float((targets[mine] / spans[mine]).mean()),
+                "spans": float(spans[mine].mean()),
+                "context_rate": float((context[mine] / length[mine]).mean()),
+            }
+    return stats
+
+
 # --- helpers -------------------------------------------------------------------------------
 
 

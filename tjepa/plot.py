@@ -127,3 +127,70 @@ def probe_figure(results) -> Figure:
     ax.set_title("linear probes on frozen embeddings")
     fig.tight_layout()
     return fig
+
+
+def lengths_figure(lengths_by_split: dict[str, np.ndarray],
+                   block_size: int | None = None) -> Figure:
+    """Histogram of document lengths in tokens, one series per split."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for split, lengths in lengths_by_split.items():
+        ax.hist(lengths, bins=50, alpha=0.6, density=True, label=f"{split} ({len(lengths):,})")
+    if block_size:
+        ax.axvline(block_size, color="k", ls="--", lw=1, label=f"block size {block_size}")
+    ax.set_xlabel("tokens per document")
+    ax.set_ylabel("density")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def collapse_figure(runs: dict[str, Sequence[dict]], alarm_line: float | None = None) -> Figure:
+    """RankMe, std and cosine of the target encoder over steps, one line per run."""
+    keys = [("rankme", "token RankMe"), ("std", "std of normalized embeddings"),
+            ("cosine", "mean pairwise cosine (centred)")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for name, records in runs.items():
+        measured = [r for r in records if "rankme" in r]
+        for ax, (key, _) in zip(axes, keys, strict=True):
+            ax.plot([r["step"] for r in measured], [r[key] for r in measured], "o-", label=name)
+    for ax, (_, title) in zip(axes, keys, strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    if alarm_line is not None:
+        axes[0].axhline(alarm_line, color="tab:red", ls="--", lw=1, label="alarm line")
+    axes[0].legend()
+    fig.tight_layout()
+    return fig
+
+
+def embedding_map(features: np.ndarray, labels: Sequence[str], title: str = "") -> Figure:
+    """The first two principal components of ``features``, coloured by ``labels``."""
+    x = features - features.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    xy = x @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for label in sorted(set(labels)):
+        mask = np.asarray(labels) == label
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=8, alpha=0.7, label=label)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(title)
+    ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    return fig
+
+
+def denoiser_view(tokens, lengths, token_strings: Sequence[Sequence[str]], kind: str = "span",
+                  rate: float = 0.15, mean_span: float = 3.0, seed: int = 0,
+                  document: int = 0) -> tuple[str, Figure]:
+    """One denoiser applied to one document: its HTML rendering and its attention mask figure.
+    What the masking notebook's widgets redraw (a plain function, so tests can call it)."""
+    from tjepa.masking import Denoiser, MaskingConfig, MaskSampler
+
+    denoiser = Denoiser(name=f"{kind} rate={rate:.2f} span={mean_span:g}", kind=kind, rate=rate,
+                        mean_span=mean_span)
+    batch = MaskSampler(MaskingConfig(denoisers=[denoiser]), seed=seed)(tokens, lengths)
+    roles = view_roles(batch, document)
+    html = masking_html(token_strings[document][: len(roles)], roles, title=denoiser.name)
+    return html, attention_figure(batch, document)

@@ -200,8 +200,8 @@ def token_probes(model: JEPA, random_model: JEPA, train_split, val_split, train_
     """Token identity from contextual embeddings, and the decoder lens on the predictor."""
     scores, lens = {}, {}
     for name, m in (("trained", model), ("random_init", random_model)):
-        x_train, y_train = _token_features(m, train_split, train_docs, block_size, device)
-        x_val, y_val = _token_features(m, val_split, val_docs, block_size, device)
+        x_train, y_train = token_features(m, train_split, train_docs, block_size, device)
+        x_val, y_val = token_features(m, val_split, val_docs, block_size, device)
         readout = fit_readout(x_train, y_train)
         scores[name] = float((readout(x_val).argmax(1) == y_val).float().mean())
         lens[name] = decoder_lens_accuracy(m, readout, val_split, val_docs, block_size,
@@ -312,7 +312,7 @@ def _features_of_chunks(feature_fn, chunks: list[np.ndarray], device: str) -> Te
 
 
 @torch.no_grad()
-def _token_features(model: JEPA, split, documents, block_size: int, device: str):
+def token_features(model: JEPA, split, documents, block_size: int, device: str):
     """Layer-normed target-encoder token embeddings (what the predictor regresses) and ids."""
     xs, ys, count = [], [], 0
     for start in range(0, len(documents), 64):

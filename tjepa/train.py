@@ -474,7 +474,7 @@ class MetricsLog:
             kept = [line for line in self.path.read_text().splitlines()
                     if line and json.loads(line).get("step", 0) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
-        self.file = self.path.open("a")
+        self.file = self.path.open("a" if resume_step is not None else "w")
         if config.logging.wandb:
             self._add_tracker("wandb", lambda m: m.init(project=config.logging.project,
                                                         config=to_dict(config), dir=run_dir))

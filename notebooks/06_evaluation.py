@@ -1,0 +1,96 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version,-widgets,-varInspector
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+# ---
+
+# %% [markdown]
+# # 06 · Evaluation: what do the embeddings know?
+#
+# A JEPA has no output to read, so we ask what its frozen embeddings make *linearly*
+# readable (`tjepa/probe.py`, `python -m tjepa.eval RUN`), always next to two baselines: a
+# **random-init encoder** of the same shape, and the **mean of the token embeddings** (a bag
+# of words). Factors that a single word names are `lexical`: a bag of words already reads
+# them. `semantic` probes need context: who the friend is, how the story will end (from the
+# story before its outcome), and whether two halves come from the same story.
+
+# %% tags=["parameters"]
+import os
+
+SMOKE = os.environ.get("TJEPA_SMOKE") == "1"
+RUN = "../out/notebooks/healthy"  # the default-config run of notebook 04
+MAX_DOCUMENTS = 300 if SMOKE else 2_000
+
+# %%
+from pathlib import Path
+
+import numpy as np
+import torch
+from IPython.display import Markdown, display
+
+from tjepa import data, plot, probe
+from tjepa import eval as tjepa_eval
+
+assert Path(RUN, "best.pt").exists(), "run notebook 04 first (it trains this run)"
+report = tjepa_eval.evaluate(RUN, max_documents=MAX_DOCUMENTS)
+results = [probe.ProbeResult(**r) for r in report["probes"]]
+display(Markdown(probe.results_table(results)))
+plot.probe_figure(results);
+
+# %%
+by_name = {r.name: r for r in results}
+print(f"mean gain over random init on semantic probes: {report['semantic_gain']:+.3f}")
+for r in results:
+    assert 0 <= r.trained <= 1 and 0 <= r.random_init <= 1
+assert by_name["factor:hero"].bag_of_embeddings > 0.9  # lexical: a bag of words reads names
+assert by_name["token_identity"].trained > 0.5  # contextual embeddings keep their token
+
+# %% [markdown]
+# ## Nearest stories
+# Stories whose embeddings lie closest to a query story.
+
+# %%
+model, config, vocab = tjepa_eval.load_run(RUN)
+bins = data.TokenBins(config.data.dir)
+val = bins.split("val")
+documents = np.arange(min(len(val), 300))
+features = probe.document_features(
+    lambda t, n: probe.pooled(model.target_encoder, t, n), val, documents,
+    config.data.block_size)
+for index, similarity in probe.nearest_documents(features, query=0, k=3):
+    print(f"{similarity:+.3f}  {vocab.decode(val.document(index))[:160]}…")
+print("query:", vocab.decode(val.document(0))[:160], "…")
+assert len(probe.nearest_documents(features, 0, k=3)) == 3
+
+# %% [markdown]
+# ## An embedding map
+# The first two principal components of the story embeddings, coloured by a factor.
+
+# %%
+factors = bins.factors()
+labels = [factors["val"]["place"][i] for i in documents] if factors else ["story"] * len(documents)
+plot.embedding_map(features.numpy(), labels, "stories by place (PCA of embeddings)");
+
+# %% [markdown]
+# ## The decoder lens
+# The token readout, fit on target-encoder embeddings, applied to the predictor's outputs at
+# hidden positions: which words does the predictor "think" fill each span?
+
+# %%
+from tjepa.masking import MaskSampler
+
+train_split = bins.split("train")
+x, y = probe.token_features(model, train_split, np.arange(200), config.data.block_size, "cpu")
+readout = probe.fit_readout(x, y)
+examples = probe.decoder_lens_examples(model, readout, vocab, val, documents,
+                                       config.data.block_size, MaskSampler(config.masking, 0))
+for ex in examples:
+    print("hidden:   ", "".join(ex["hidden"])[:120])
+    print("predicted:", "".join(ex["predicted"])[:120], "\n")
+assert len(examples) == 3 and all(len(e["hidden"]) == len(e["predicted"]) for e in examples)
