@@ -31,7 +31,6 @@ MAX_DOCUMENTS = 300 if SMOKE else 2_000
 from pathlib import Path
 
 import numpy as np
-import torch
 from IPython.display import Markdown, display
 
 from tjepa import data, plot, probe
