@@ -93,7 +93,7 @@ with torch.no_grad():
                              | torch.eye(120, dtype=torch.bool))
     h = F.layer_norm(h, (config.dim,))
     by_hand_targets = h[batch.document[:, None], batch.target_positions]
-    loss_sum, n_targets = model(batch)
+    loss_sum, n_targets, _ = model(batch)  # (and the anti-collapse term: 0 with EMA)
 valid = batch.target_valid
 elementwise = F.smooth_l1_loss(predictions, by_hand_targets, reduction="none").mean(-1)
 by_hand = elementwise[valid].mean()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tjepa.jepa import sigreg, vicreg_terms
 from tjepa.monitor import (
     CollapseAlarm,
     MonitorConfig,
@@ -14,7 +15,6 @@ from tjepa.monitor import (
     embedding_std,
     mean_pairwise_cosine,
     rankme,
-    sigreg,
 )
 
 
@@ -95,3 +95,14 @@ def test_alarm_trips_on_rankme_or_std_and_warns_once():
         warnings.simplefilter("error")  # a second warning would raise
         assert alarm.check({"rankme": 40.0, "std": 0.001}, step=30)
     assert alarm.tripped_at == 20
+
+
+def test_vicreg_variance_hinge_is_zero_for_unit_variance_and_covariance_zero_when_independent():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 16, generator=g)
+    variance, covariance = vicreg_terms(x)
+    assert float(variance) < 0.02 and float(covariance) < 0.01
+    variance, _ = vicreg_terms(0.1 * x)
+    assert float(variance) == pytest.approx(0.9, abs=0.02)
+    _, covariance = vicreg_terms(x[:, :1].repeat(1, 16))  # every dimension the same
+    assert float(covariance) > 10

@@ -26,6 +26,7 @@ from tjepa.masking import MaskedBatch, attention_groups
 from tjepa.model import Encoder, ModelConfig, Predictor, attention_mask, init_weights
 
 LossKind = Literal["smooth_l1", "l2", "cosine"]
+AntiCollapse = Literal["ema", "sigreg", "vicreg"]
 
 
 @dataclass
@@ -43,6 +44,19 @@ class OptimConfig:
     ema_momentum: float = 0.996  # I-JEPA: 0.996 → 1.0, linear
     final_ema_momentum: float = 1.0
     loss: LossKind = "smooth_l1"
+    # What keeps the embeddings from collapsing (README "Anti-collapse"):
+    #   ema    — targets from the EMA target encoder (I-JEPA, data2vec);
+    #   sigreg — no EMA: targets from the context encoder itself, plus sigreg_weight × SIGReg
+    #            on its embeddings (LeJEPA; λ = 0.05 there);
+    #   vicreg — the EMA targets plus VICReg's variance hinge and covariance penalty on the
+    #            context encoder's embeddings (weights relative to the prediction loss: VICReg's
+    #            25 : 25 : 1 for invariance : variance : covariance).
+    anti_collapse: AntiCollapse = "ema"
+    sigreg_weight: float = 0.05
+    sigreg_directions: int = 256
+    target_stop_gradient: bool = True  # sigreg: no gradient through the targets
+    vicreg_variance_weight: float = 1.0
+    vicreg_covariance_weight: float = 0.04
 
     def __post_init__(self) -> None:
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -54,26 +68,39 @@ class OptimConfig:
 
 
 class JEPA(nn.Module):
-    def __init__(self, config: ModelConfig, loss: LossKind = "smooth_l1"):
+    def __init__(self, config: ModelConfig, loss: LossKind = "smooth_l1",
+                 optim: OptimConfig | None = None):
         super().__init__()
         self.config, self.loss_kind = config, loss
+        self.objective = optim or OptimConfig(loss=loss)
         self.context_encoder = Encoder(config)
         self.predictor = Predictor(config)
         init_weights(self)
-        self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
+        if self.uses_ema:
+            self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
+        else:  # the online encoder makes its own targets
+            self.target_encoder = self.context_encoder
         self._ema_pairs: tuple[list[Tensor], list[Tensor]] | None = None
 
-    def forward(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
-        """Sum of per-token losses over real targets, and the number of them (both 0-d)."""
-        predictions, targets = self.predict(batch)
+    @property
+    def uses_ema(self) -> bool:
+        return self.objective.anti_collapse in ("ema", "vicreg")
+
+    def forward(self, batch: MaskedBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """Sum of per-token losses over real targets, their number, and the anti-collapse
+        regularizer of this batch (0 for ``ema``); all 0-d."""
+        predictions, targets, context = self.predict(batch, return_context=True)
         per_token = prediction_loss(predictions.float(), targets.float(), self.loss_kind)
         valid = batch.target_valid
-        return (per_token * valid).sum(), valid.sum()
+        regularizer = self.regularizer(context[batch.context_valid])
+        return (per_token * valid).sum(), valid.sum(), regularizer
 
-    def predict(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
-        """Predictions and targets at the packed target positions: both (V, P, D)."""
+    def predict(self, batch: MaskedBatch, return_context: bool = False):
+        """Predictions and targets at the packed target positions: both (V, P, D) (and the
+        context embeddings (V, C, D) when ``return_context``)."""
         backend = self.config.attention
-        with torch.no_grad():
+        target_grad = not (self.uses_ema or self.objective.target_stop_gradient)
+        with torch.set_grad_enabled(target_grad and torch.is_grad_enabled()):
             targets = self.target_embeddings(batch.tokens, batch.lengths)  # (B, T, D)
             targets = F.layer_norm(targets, targets.shape[-1:])
             targets = targets[batch.document[:, None], batch.target_positions]  # (V, P, D)
@@ -84,7 +111,17 @@ class JEPA(nn.Module):
                                        attention_mask(context_groups, backend))  # (V, C, D)
         predictions = self.predictor(context, batch.context_positions, batch.target_positions,
                                      attention_mask(attention_groups(batch), backend))
-        return predictions, targets
+        return (predictions, targets, context) if return_context else (predictions, targets)
+
+    def regularizer(self, embeddings: Tensor) -> Tensor:
+        """The anti-collapse term on context embeddings (N, D)."""
+        o = self.objective
+        if o.anti_collapse == "sigreg":
+            return o.sigreg_weight * sigreg(embeddings, o.sigreg_directions, normalize=False)
+        if o.anti_collapse == "vicreg":
+            variance, covariance = vicreg_terms(embeddings)
+            return o.vicreg_variance_weight * variance + o.vicreg_covariance_weight * covariance
+        return embeddings.new_zeros(())
 
     def target_embeddings(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """The target encoder on whole documents (B, T) → (B, T, D); padding is masked."""
@@ -93,6 +130,8 @@ class JEPA(nn.Module):
     @torch.no_grad()
     def update_target(self, momentum: float | Tensor) -> None:
         """target ← momentum · target + (1 − momentum) · context, in one foreach kernel."""
+        if not self.uses_ema:
+            return
         if self._ema_pairs is None:  # built once: the same Parameter objects live on after .to()
             self._ema_pairs = (list(self.target_encoder.parameters()),
                                list(self.context_encoder.parameters()))
@@ -115,6 +154,46 @@ def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind) -> Ten
     if kind == "l2":
         return F.mse_loss(predictions, targets, reduction="none").mean(-1)
     return 1 - F.cosine_similarity(predictions, targets, dim=-1)
+
+
+# --- anti-collapse regularizers ------------------------------------------------------------
+
+
+def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
+           generator: torch.Generator | None = None, knots: int = 33) -> Tensor:
+    """Epps–Pulley statistic of random unit projections against N(0, 1), averaged (0-d).
+
+    ``N ∫ |φ_N(t) − e^{−t²/2}|² e^{−t²/2} dt``, with φ_N the empirical characteristic function
+    of the N projected values; its expectation for N(0, I) samples is √(2π)(1 − 1/√3) ≈ 1.06.
+    ``normalize`` centres the embeddings and scales them to unit mean variance per direction
+    first, which makes it a scale-free test of shape (the monitor; estimating mean and scale
+    lowers the Gaussian level to ≈ 0.55); without it, it also asks for zero mean and unit
+    variance (the LeJEPA regularizer). Differentiable.
+    """
+    x = embeddings.float()
+    if normalize:
+        x = x - x.mean(0)
+        x = x / x.pow(2).sum(1).mean().div(x.shape[1]).sqrt().clamp(min=1e-6)
+    a = torch.randn(x.shape[1], directions, device=x.device, generator=generator)
+    z = x @ F.normalize(a, dim=0)  # (N, M)
+    t = torch.linspace(-5, 5, knots, device=x.device)
+    zt = z[:, :, None] * t  # (N, M, K)
+    real, imag = zt.cos().mean(0), zt.sin().mean(0)  # (M, K)
+    gauss = torch.exp(-t.square() / 2)
+    integrand = ((real - gauss).square() + imag.square()) * gauss
+    return len(x) * torch.trapezoid(integrand, t, dim=-1).mean()
+
+
+def vicreg_terms(embeddings: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """VICReg's variance hinge (mean over dimensions of max(0, 1 − std)) and covariance
+    penalty (squared off-diagonal covariances, summed, over the width) of (N, D)."""
+    x = embeddings.float()
+    x = x - x.mean(0)
+    std = (x.var(0) + eps).sqrt()
+    variance = F.relu(1 - std).mean()
+    cov = (x.T @ x) / max(len(x) - 1, 1)
+    off_diagonal = cov - torch.diag(torch.diagonal(cov))
+    return variance, off_diagonal.square().sum() / x.shape[1]
 
 
 # --- optimizer and schedules ---------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tjepa.config import check
-from tjepa.jepa import JEPA, encode_documents
+from tjepa.jepa import JEPA, encode_documents, sigreg
 
 
 @dataclass
@@ -66,31 +66,6 @@ def mean_pairwise_cosine(embeddings: Tensor) -> float:
     x = F.normalize(embeddings.double() - embeddings.double().mean(0), dim=-1)
     n = len(x)
     return float(((x @ x.T).sum() - (x * x).sum()) / (n * (n - 1)))
-
-
-def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
-           generator: torch.Generator | None = None, knots: int = 33) -> Tensor:
-    """Epps–Pulley statistic of random unit projections against N(0, 1), averaged (0-d).
-
-    ``N ∫ |φ_N(t) − e^{−t²/2}|² e^{−t²/2} dt``, with φ_N the empirical characteristic function
-    of the N projected values; its expectation for N(0, I) samples is √(2π)(1 − 1/√3) ≈ 1.06.
-    ``normalize`` centres the embeddings and scales them to unit mean variance per direction
-    first, which makes it a scale-free test of shape (the monitor; estimating mean and scale
-    lowers the Gaussian level to ≈ 0.55); without it, it also asks for zero mean and unit
-    variance (the LeJEPA regularizer). Differentiable.
-    """
-    x = embeddings.float()
-    if normalize:
-        x = x - x.mean(0)
-        x = x / x.pow(2).sum(1).mean().div(x.shape[1]).sqrt().clamp(min=1e-6)
-    a = torch.randn(x.shape[1], directions, device=x.device, generator=generator)
-    z = x @ F.normalize(a, dim=0)  # (N, M)
-    t = torch.linspace(-5, 5, knots, device=x.device)
-    zt = z[:, :, None] * t  # (N, M, K)
-    real, imag = zt.cos().mean(0), zt.sin().mean(0)  # (M, K)
-    gauss = torch.exp(-t.square() / 2)
-    integrand = ((real - gauss).square() + imag.square()) * gauss
-    return len(x) * torch.trapezoid(integrand, t, dim=-1).mean()
 
 
 def collapse_metrics(tokens: Tensor, documents: Tensor | None = None,

@@ -178,7 +178,7 @@ def train(
     torch.manual_seed(config.train.seed)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
-    model = JEPA(config.model, config.optim.loss).to(device)
+    model = JEPA(config.model, config.optim.loss, config.optim).to(device)
     optimizer = make_optimizer(model, config.optim, fused=device.type == "cuda")
     schedule = Schedule(config.optim, config.train.max_steps)
     loader = data.DocumentLoader(bins.split("train"), config.data.batch_size,
@@ -299,10 +299,13 @@ def optimizer_step(network, model: JEPA, optimizer, batch: MaskedBatch, world: D
     for micro in range(accum):
         part = batch.part(world.rank * accum + micro, world.world_size * accum)
         sync = micro == accum - 1 or world.world_size == 1
-        with (nullcontext() if sync else network.no_sync()), autocast:
-            loss_sum, _ = network(part)
+        with nullcontext() if sync else network.no_sync():  # all-reduce once, at the end
+            with autocast:
+                loss_sum, _, regularizer = network(part)
             loss = loss_sum / total_targets
-        (loss * world.world_size).backward()  # DDP averages over ranks; undo it
+            # the regularizer is a mean over each part: average it over all parts
+            regularized = loss + regularizer / (world.world_size * accum)
+            (regularized * world.world_size).backward()  # DDP averages over ranks; undo it
         step_loss += loss.detach()
     if config.optim.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
@@ -318,7 +321,7 @@ def evaluate(model: JEPA, batches: list[MaskedBatch], device, autocast=None) -> 
     total, count = torch.zeros((), device=device), torch.zeros((), device=device)
     for batch in batches:
         with autocast:
-            loss_sum, n = model(batch.to(device))
+            loss_sum, n, _ = model(batch.to(device))
         total += loss_sum.float()
         count += n
     return float(total / count.clamp(min=1))
