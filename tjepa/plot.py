@@ -194,3 +194,33 @@ def denoiser_view(tokens, lengths, token_strings: Sequence[Sequence[str]], kind:
     roles = view_roles(batch, document)
     html = masking_html(token_strings[document][: len(roles)], roles, title=denoiser.name)
     return html, attention_figure(batch, document)
+
+
+def ablation_figure(rows: Sequence[dict], metrics: dict[str, Sequence[dict]]) -> Figure:
+    """Probe accuracy per mechanism (and random init), final RankMe, loss curves, s/step."""
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    names = [p["name"] for p in rows[0]["probes"]]
+    x = np.arange(len(names))
+    width = 0.8 / (len(rows) + 1)
+    for i, row in enumerate(rows):
+        axes[0, 0].bar(x + i * width, [p["trained"] for p in row["probes"]], width,
+                       label=row["mechanism"])
+    axes[0, 0].bar(x + len(rows) * width, [p["random_init"] for p in rows[0]["probes"]], width,
+                   label="random init", color="lightgrey")
+    axes[0, 0].set_xticks(x + 0.4, names, rotation=35, ha="right", fontsize=8)
+    axes[0, 0].set_ylabel("probe accuracy")
+    axes[0, 0].legend(fontsize=8)
+    mechanisms = [r["mechanism"] for r in rows]
+    axes[0, 1].bar(mechanisms, [r["rankme"] for r in rows])
+    axes[0, 1].set_title("final token RankMe (target encoder)")
+    for mechanism, records in metrics.items():
+        axes[1, 0].plot([r["step"] for r in records], [r["loss"] for r in records],
+                        label=mechanism)
+    axes[1, 0].set_yscale("log")
+    axes[1, 0].set_xlabel("step")
+    axes[1, 0].set_title("prediction loss")
+    axes[1, 0].legend()
+    axes[1, 1].bar(mechanisms, [r["seconds_per_step"] for r in rows])
+    axes[1, 1].set_title("seconds per step (equal steps: compare compute)")
+    fig.tight_layout()
+    return fig

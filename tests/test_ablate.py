@@ -1,0 +1,33 @@
+"""The anti-collapse ablation: three mechanisms from one command, one row each."""
+
+from __future__ import annotations
+
+import json
+
+from tests.test_train import TINY
+from tjepa import ablate
+from tjepa.masking import CONFIG_DIR
+
+
+def test_ablation_configs_differ_only_in_the_mechanism():
+    texts = {m: (CONFIG_DIR / "ablation" / f"{m}.toml").read_text() for m in ablate.MECHANISMS}
+    strip = lambda text, m: text.replace(f'"{m}"', '"?"')
+    assert len({strip(t, m) for m, t in texts.items()}) == 1
+
+
+def test_ablate_trains_and_probes_every_mechanism(tinytales_bins, tmp_path):
+    result = ablate.ablate(str(tinytales_bins), steps=3, out=tmp_path, max_documents=100,
+                           overrides=[*TINY, "monitor.documents=32"], progress=False)
+    assert [r["mechanism"] for r in result["rows"]] == list(ablate.MECHANISMS)
+    for row in result["rows"]:
+        assert row["steps"] == 3 and row["seconds_per_step"] > 0 and row["rankme"] > 0
+        assert {"name", "kind", "trained", "random_init"} <= set(row["probes"][0])
+    table = (tmp_path / "table.md").read_text()
+    assert table.strip() == ablate.markdown_table(result)
+    assert json.loads((tmp_path / "table.json").read_text())["rows"] == result["rows"]
+    assert (tmp_path / "ablation.png").exists()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{ablate.README_START}\nold\n{ablate.README_END}\nend\n")
+    ablate.write_readme_table(readme, table, "python -m tjepa.ablate --steps 3")
+    text = readme.read_text()
+    assert table in text and "old" not in text and text.endswith("end\n")

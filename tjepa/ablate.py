@@ -1,0 +1,144 @@
+"""Anti-collapse at equal compute: EMA vs SIGReg vs VICReg, trained and probed alike.
+
+    python -m tjepa.ablate [--data DIR] [--steps N] [--seeds K] [--json] [--readme README.md]
+
+Trains ``configs/ablation/{ema,sigreg,vicreg}.toml`` (identical but for ``optim.anti_collapse``)
+for the same number of steps, evaluates each with the probe suite, and writes ``table.md``,
+``table.json`` and ``ablation.png`` to ``--out``. Wall time per step is reported, so equal
+compute is visible. ``--readme`` rewrites the table between the README's ablation markers, so
+the README shows what the command printed and nothing typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tjepa import plot
+from tjepa.eval import evaluate
+from tjepa.masking import CONFIG_DIR
+from tjepa.train import load_config, read_metrics, train
+
+MECHANISMS = ("ema", "sigreg", "vicreg")
+README_START, README_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
+
+
+def ablate(data_dir: str | None = None, steps: int | None = None, seeds: int = 1,
+           out: str | Path = "out/ablation", max_documents: int = 1000,
+           overrides: list[str] = (), progress: bool = True) -> dict:
+    """Train and probe every mechanism for ``seeds`` seeds; returns rows, one per mechanism.
+    ``overrides`` (``section.key=value``) apply to all three configs alike."""
+    out = Path(out)
+    runs = {m: [] for m in MECHANISMS}
+    for mechanism in MECHANISMS:
+        for seed in range(seeds):
+            settings = [*overrides, f"train.seed={seed}"]
+            if data_dir:
+                settings.append(f"data.dir={json.dumps(str(data_dir))}")
+            if steps:
+                settings.append(f"train.max_steps={steps}")
+            config = load_config(CONFIG_DIR / "ablation" / f"{mechanism}.toml", settings)
+            run_dir = out / f"{mechanism}-seed{seed}"
+            summary = train(config, run_dir, progress=progress)
+            report = evaluate(run_dir, max_documents=max_documents, progress=progress)
+            metrics = read_metrics(run_dir)
+            runs[mechanism].append({
+                "seed": seed, "summary": summary, "report": report, "metrics": metrics,
+                "seconds_per_step": summary["seconds"] / max(summary["step"], 1),
+            })
+    rows = [_row(mechanism, found) for mechanism, found in runs.items()]
+    result = {"rows": rows, "seeds": seeds, "steps": rows[0]["steps"]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.json").write_text(json.dumps(result, indent=2))
+    (out / "table.md").write_text(markdown_table(result) + "\n")
+    fig = plot.ablation_figure(rows, {m: runs[m][0]["metrics"] for m in MECHANISMS})
+    fig.savefig(out / "ablation.png", dpi=110)
+    plot.plt.close(fig)
+    return result
+
+
+def _row(mechanism: str, found: list[dict]) -> dict:
+    """One mechanism, averaged over seeds (with the spread across seeds where there are two)."""
+    names = [p["name"] for p in found[0]["report"]["probes"]]
+    probes = []
+    for i, name in enumerate(names):
+        trained = [f["report"]["probes"][i]["trained"] for f in found]
+        random_init = [f["report"]["probes"][i]["random_init"] for f in found]
+        probes.append({**found[0]["report"]["probes"][i], "name": name,
+                       "trained": float(np.mean(trained)), "trained_std": float(np.std(trained)),
+                       "random_init": float(np.mean(random_init))})
+    final = [f["metrics"][-1] for f in found]
+    return {
+        "mechanism": mechanism,
+        "steps": found[0]["summary"]["step"],
+        "probes": probes,
+        "rankme": float(np.mean([m["rankme"] for m in final])),
+        "final_loss": float(np.mean([m["loss"] for m in final])),
+        "semantic_gain": float(np.mean([f["report"]["semantic_gain"] for f in found])),
+        "semantic_gain_std": float(np.std([f["report"]["semantic_gain"] for f in found])),
+        "collapse_alarm": any(f["summary"]["collapse_alarm_step"] is not None for f in found),
+        "seconds_per_step": float(np.mean([f["seconds_per_step"] for f in found])),
+    }
+
+
+def markdown_table(result: dict) -> str:
+    """Mechanisms as rows: loss, RankMe, alarm, time, and each probe's accuracy (± seeds)."""
+    rows = result["rows"]
+    probe_names = [p["name"] for p in rows[0]["probes"]]
+    spread = result["seeds"] > 1
+    head = ["mechanism", "final loss", "token RankMe", "alarm", "s/step", "semantic gain",
+            *probe_names]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    fmt = lambda v, s: f"{v:.3f}" + (f" ± {s:.3f}" if spread else "")
+    for row in rows:
+        cells = [row["mechanism"], f"{row['final_loss']:.4f}", f"{row['rankme']:.1f}",
+                 "yes" if row["collapse_alarm"] else "no", f"{row['seconds_per_step']:.3f}",
+                 fmt(row["semantic_gain"], row["semantic_gain_std"])]
+        cells += [fmt(p["trained"], p["trained_std"]) for p in row["probes"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    random_row = ["random init", "—", "—", "—", "—", "—"]
+    random_row += [f"{p['random_init']:.3f}" for p in rows[0]["probes"]]
+    lines.append("| " + " | ".join(random_row) + " |")
+    return "\n".join(lines)
+
+
+def write_readme_table(readme: Path, table: str, command: str) -> None:
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme}: no {README_START} … {README_END} markers to write between")
+    before, rest = text.split(README_START, 1)
+    _, after = rest.split(README_END, 1)
+    block = f"{README_START}\n<!-- written by `{command}` -->\n{table}\n{README_END}"
+    readme.write_text(before + block + after)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tjepa.ablate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="bins folder (default: the configs' tinytales)")
+    parser.add_argument("--steps", type=int, help="steps per run (default: the configs' 400)")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--out", default="out/ablation")
+    parser.add_argument("--max-documents", type=int, default=1000)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a value in all three configs")
+    parser.add_argument("--readme", help="rewrite the table between this file's markers")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = ablate(args.data, args.steps, args.seeds, args.out, args.max_documents, args.set)
+    table = markdown_table(result)
+    print(table)
+    if args.readme:
+        command = "python -m tjepa.ablate " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_readme_table(Path(args.readme), table, command.strip())
+    if args.json:
+        print(json.dumps({"rows": result["rows"], "seeds": result["seeds"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
