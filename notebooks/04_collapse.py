@@ -31,6 +31,7 @@ STEPS = 60 if SMOKE else 400
 OUT = "../out/notebooks"
 
 # %%
+import json
 import warnings
 from pathlib import Path
 
@@ -60,7 +61,7 @@ assert monitor.rankme(plane) < 3 and monitor.embedding_std(plane) > 0.5 / 8
 # ## A healthy run and a collapsing one
 
 # %%
-common = [f"data.dir={str(bins_dir)!r}".replace("'", '"'), f"train.max_steps={STEPS}",
+common = [f"data.dir={json.dumps(str(bins_dir))}", f"train.max_steps={STEPS}",
           "monitor.interval=20", "monitor.documents=128", "train.eval_interval=1000",
           "train.device=\"cpu\""]
 healthy_config = train.load_config("../configs/default.toml", common)

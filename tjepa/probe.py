@@ -100,23 +100,10 @@ def pair_features(a: Tensor, b: Tensor) -> Tensor:
 
 def linear_probe(x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor,
                  weight_decay: float = 1e-3, max_iter: int = 200) -> float:
-    """Multinomial logistic regression (L-BFGS, L2) on standardized features: val accuracy."""
-    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
-    x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
+    """Validation accuracy of a linear readout fit on the training features."""
     n_classes = int(max(y_train.max(), y_val.max())) + 1
-    w = torch.zeros(x_train.shape[1], n_classes, requires_grad=True)
-    b = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(x_train @ w + b, y_train) + weight_decay * w.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return float(((x_val @ w + b).argmax(1) == y_val).float().mean())
+    readout = fit_readout(x_train, y_train, weight_decay, max_iter, n_classes)
+    return float((readout(x_val).argmax(1) == y_val).float().mean())
 
 
 # --- the suite -----------------------------------------------------------------------------
@@ -212,9 +199,11 @@ def token_probes(model: JEPA, random_model: JEPA, train_split, val_split, train_
     ]
 
 
-def fit_readout(x: Tensor, y: Tensor, weight_decay: float = 1e-4, max_iter: int = 100):
-    """A linear token readout (logistic regression), returned as a function of features."""
-    n_classes = int(y.max()) + 1
+def fit_readout(x: Tensor, y: Tensor, weight_decay: float = 1e-4, max_iter: int = 100,
+                n_classes: int | None = None):
+    """Multinomial logistic regression (L-BFGS, L2) on standardized features, returned as a
+    function from features to logits."""
+    n_classes = n_classes or int(y.max()) + 1
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
     b = torch.zeros(n_classes, requires_grad=True)

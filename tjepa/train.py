@@ -333,7 +333,8 @@ def _validation_batches(bins: data.TokenBins, config: RunConfig) -> list[MaskedB
     loader = data.DocumentLoader(split, min(config.data.batch_size, len(split)),
                                  config.data.block_size, seed=config.train.seed,
                                  min_tokens=config.data.min_tokens)
-    sampler = MaskSampler(config.masking, seed=config.train.seed + 1)
+    sampler = MaskSampler(config.masking, seed=config.train.seed + 1,
+                          pad_multiple=config.train.pad_multiple)
     return [sampler(*loader.next_batch()) for _ in range(config.train.eval_batches)]
 
 
