@@ -223,7 +223,7 @@ def train(
     bar = tqdm(total=end, initial=step, desc="train", disable=not (progress and world.is_main),
                dynamic_ncols=True)
     first_bad_step = torch.full((), -1, device=device)  # tracked on the device: no sync per step
-    tokens_seen, started, losses = 0, time.perf_counter(), []
+    started, losses, rankme = time.perf_counter(), [], float("nan")
     window_tokens, window_start = 0, time.perf_counter()
     try:
         with stop:
@@ -246,7 +246,6 @@ def train(
                     loss = _global_mean(step_loss, world)
                     now = time.perf_counter()
                     tokens_per_s = window_tokens / max(now - window_start, 1e-9)
-                    tokens_seen += window_tokens
                     window_tokens, window_start = 0, now
                     record = {"step": step, "loss": loss, "lr": schedule.lr(step - 1),
                               "momentum": schedule.momentum(step - 1),
@@ -260,14 +259,15 @@ def train(
                     if monitor_now:
                         record.update(measure(model, *(t.to(device) for t in held_out),
                                               config.monitor.max_tokens))
+                        rankme = record["rankme"]
                         if alarm.check(record, step):
                             record["collapse_alarm"] = True
                             stop.requested |= config.monitor.stop_on_alarm
-                        bar.set_postfix(loss=f"{loss:.4f}", rankme=f"{record['rankme']:.1f}",
-                                        tok_s=f"{tokens_per_s:,.0f}")
+                    bar.set_postfix(loss=f"{loss:.4f}", rankme=f"{rankme:.1f}",
+                                    tok_s=f"{tokens_per_s:,.0f}")
                     losses.append(loss)
                     log.write(record)
-                if step % config.train.checkpoint_interval == 0 or is_last:
+                if step % config.train.checkpoint_interval == 0 or is_last or stop.requested:
                     _check_finite(first_bad_step, run_dir)
                     save("last.pt")
     finally:
