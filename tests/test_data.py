@@ -227,7 +227,7 @@ def test_loader_truncates_documents_to_the_block_and_pads_with_zeros(tinytales_b
     assert (lengths <= 50).all()
     first = int(lengths[0])
     assert np.array_equal(tokens[0, :first].numpy(), split.document(0)[:first].astype(np.int64))
-    short = int(np.argmin(lengths))
+    short = int(lengths.argmin())
     assert (tokens[short, lengths[short]:] == 0).all()
 
 

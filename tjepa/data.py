@@ -447,7 +447,7 @@ class DocumentSplit:
         cols = np.arange(width)
         valid = cols[None, :] < lengths[:, None]
         index = np.where(valid, starts[:, None] + cols[None, :], 0)
-        tokens = np.where(valid, self.tokens[index], 0).astype(np.int64)
+        tokens = np.where(valid, np.asarray(self.tokens[index]), 0).astype(np.int64)
         return torch.from_numpy(tokens), torch.from_numpy(lengths.astype(np.int64))
 
 
