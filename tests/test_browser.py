@@ -63,10 +63,10 @@ def jupyter_lab(tmp_path):
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
     log = (tmp_path / "jupyter.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", "--allow-root",
          f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={repo}",
          "--expose-app-in-browser",  # window.jupyterapp: run commands without menu clicking
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+         "--LabApp.news_url="],
         cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", server)
