@@ -85,3 +85,12 @@ def test_embed_cli_writes_npy(tiny_run, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "texts.npy").shape == (2, 32)
+
+
+def test_load_run_rebuilds_the_runs_anti_collapse_mechanism(tinytales_bins, tmp_path):
+    config = train.load_config(None, tiny(tinytales_bins, "train.max_steps=2",
+                                          'optim.anti_collapse="sigreg"'))
+    train.train(config, tmp_path / "run", progress=False)
+    model, loaded, _ = tjepa_eval.load_run(tmp_path / "run")
+    assert loaded.optim.anti_collapse == "sigreg"
+    assert model.target_encoder is model.context_encoder  # no EMA copy: it makes its own targets

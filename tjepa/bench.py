@@ -82,7 +82,7 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
                           "cpu" if device == "auto" else device)
     model_config = resolve_model(config, device, config.model.vocab_size or vocab_size)
     torch.manual_seed(0)
-    model = JEPA(model_config, config.optim.loss).to(device)
+    model = JEPA(model_config, config.optim).to(device)
     optimizer = make_optimizer(model, config.optim, fused=device.type == "cuda")
     schedule = Schedule(config.optim, steps + warmup)
     if config.train.compile:

@@ -31,7 +31,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     config = from_dict(RunConfig, load_toml(run_dir / "config.toml"))
     path = run_dir / f"{checkpoint}.pt"
     state = load_checkpoint(path if path.exists() else run_dir / "last.pt", device)
-    model = JEPA(config.model, config.optim.loss)
+    model = JEPA(config.model, config.optim)
     model.load_state_dict(state["model"])
     vocab = data.Vocabulary.from_meta(json.loads((run_dir / "vocab.json").read_text()))
     return model.to(device).eval(), config, vocab

@@ -68,11 +68,12 @@ class OptimConfig:
 
 
 class JEPA(nn.Module):
-    def __init__(self, config: ModelConfig, loss: LossKind = "smooth_l1",
-                 optim: OptimConfig | None = None):
+    def __init__(self, config: ModelConfig, objective: OptimConfig | None = None):
+        """``objective`` (the run's OptimConfig) chooses the loss and the anti-collapse
+        mechanism; the default is smooth L1 with an EMA target."""
         super().__init__()
-        self.config, self.loss_kind = config, loss
-        self.objective = optim or OptimConfig(loss=loss)
+        self.config = config
+        self.objective = objective or OptimConfig()
         self.context_encoder = Encoder(config)
         self.predictor = Predictor(config)
         init_weights(self)
@@ -90,7 +91,7 @@ class JEPA(nn.Module):
         """Sum of per-token losses over real targets, their number, and the anti-collapse
         regularizer of this batch (0 for ``ema``); all 0-d."""
         predictions, targets, context = self.predict(batch, return_context=True)
-        per_token = prediction_loss(predictions.float(), targets.float(), self.loss_kind)
+        per_token = prediction_loss(predictions.float(), targets.float(), self.objective.loss)
         valid = batch.target_valid
         regularizer = self.regularizer(context[batch.context_valid])
         return (per_token * valid).sum(), valid.sum(), regularizer

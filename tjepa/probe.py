@@ -114,7 +114,7 @@ def evaluate_run(model: JEPA, bins: data.TokenBins, block_size: int, masking: Ma
                  progress: bool = True) -> list[ProbeResult]:
     """All probes for a trained JEPA, its random-init twin and the bag-of-embeddings baseline."""
     torch.manual_seed(seed + 12345)
-    random_model = JEPA(model.config, model.loss_kind).to(device).eval()
+    random_model = JEPA(model.config, model.objective).to(device).eval()
     train_split, val_split = bins.split("train"), bins.split("val")
     rng = np.random.default_rng(seed)
     train_docs = np.sort(rng.permutation(len(train_split))[:max_documents])

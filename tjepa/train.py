@@ -178,7 +178,7 @@ def train(
     torch.manual_seed(config.train.seed)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
-    model = JEPA(config.model, config.optim.loss, config.optim).to(device)
+    model = JEPA(config.model, config.optim).to(device)
     optimizer = make_optimizer(model, config.optim, fused=device.type == "cuda")
     schedule = Schedule(config.optim, config.train.max_steps)
     loader = data.DocumentLoader(bins.split("train"), config.data.batch_size,
