@@ -128,9 +128,13 @@ def measure(model: JEPA, tokens: Tensor, lengths: Tensor,
     token_index = token_index[torch.randperm(len(token_index),
                                              generator=torch.Generator().manual_seed(0))
                               .to(token_index.device)[:max_tokens]]
-    out = {}
-    for prefix, encoder in (("", model.target_encoder), ("context_", model.context_encoder)):
+
+    def metrics(encoder, prefix: str = "") -> dict[str, float]:
         h = encode_documents(encoder, tokens, lengths, model.config.attention).float()
         pooled = (h * valid[..., None]).sum(1) / lengths[:, None]
-        out.update(collapse_metrics(h.flatten(0, 1)[token_index], pooled, prefix))
-    return out
+        return collapse_metrics(h.flatten(0, 1)[token_index], pooled, prefix)
+
+    out = metrics(model.target_encoder)
+    if model.context_encoder is model.target_encoder:  # no EMA: one encoder, measured once
+        return out | {f"context_{k}": v for k, v in out.items()}
+    return out | metrics(model.context_encoder, "context_")
