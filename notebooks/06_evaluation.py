@@ -21,8 +21,12 @@
 # readable (`tjepa/probe.py`, `python -m tjepa.eval RUN`), always next to two baselines: a
 # **random-init encoder** of the same shape, and the **mean of the token embeddings** (a bag
 # of words). Factors that a single word names are `lexical`: a bag of words already reads
-# them. `semantic` probes need context: who the friend is, how the story will end (from the
-# story before its outcome), and whether two halves come from the same story.
+# them. `semantic` probes need context: who the friend is (both names occur; only their roles
+# differ), whether two halves come from the same story, and `forecast:ending` — given the
+# story up to the hero's choice, does the *predictor* expect a happy or a sad ending? That is
+# the S-denoiser's task, so it is the predictor we ask. The same question put to the encoder's
+# pooled prefix (`factor:ending`, kind `nonlinear`) is an XNOR of two sentences: no encoder
+# here, trained or random, makes it linearly readable.
 
 # %% tags=["parameters"]
 import os
@@ -30,6 +34,7 @@ import os
 SMOKE = os.environ.get("TJEPA_SMOKE") == "1"
 RUN = "../out/notebooks/healthy"  # the default-config run of notebook 04
 MAX_DOCUMENTS = 300 if SMOKE else 2_000
+RANDOM_INITS = 1 if SMOKE else 3  # random-init twins whose mean is the baseline
 
 # %%
 from pathlib import Path
@@ -41,7 +46,7 @@ from tjepa import data, plot, probe
 from tjepa import eval as tjepa_eval
 
 assert Path(RUN, "best.pt").exists(), "run notebook 04 first (it trains this run)"
-report = tjepa_eval.evaluate(RUN, max_documents=MAX_DOCUMENTS)
+report = tjepa_eval.evaluate(RUN, max_documents=MAX_DOCUMENTS, random_inits=RANDOM_INITS)
 results = [probe.ProbeResult(**r) for r in report["probes"]]
 display(Markdown(probe.results_table(results)))
 plot.probe_figure(results);

@@ -17,7 +17,8 @@ def test_ablation_configs_differ_only_in_the_mechanism():
 
 def test_ablate_trains_and_probes_every_mechanism(tinytales_bins, tmp_path):
     result = ablate.ablate(str(tinytales_bins), steps=3, out=tmp_path, max_documents=100,
-                           overrides=[*TINY, "monitor.documents=32"], progress=False)
+                           overrides=[*TINY, "monitor.documents=32"], random_inits=1,
+                           progress=False)
     assert [r["mechanism"] for r in result["rows"]] == list(ablate.MECHANISMS)
     for row in result["rows"]:
         assert row["steps"] == 3 and row["seconds_per_step"] > 0 and row["rankme"] > 0

@@ -14,6 +14,7 @@ from tjepa.masking import (
     MaskSampler,
     attention_groups,
     attention_mask,
+    forecast_batch,
     load_mixture,
 )
 
@@ -229,3 +230,15 @@ def test_mask_span_statistics_match_each_denoisers_settings():
         assert stats[d.name]["context_rate"] == pytest.approx(1 - d.rate, abs=0.01)
         if d.kind == "span" and d.mean_span < 10:
             assert stats[d.name]["mean_span"] == pytest.approx(d.mean_span, rel=0.1)
+
+
+def test_mask_forecast_batch_splits_each_document_at_the_chosen_prefix():
+    lengths = torch.tensor([10, 6, 3])
+    tokens = torch.randint(1, 50, (3, 12))
+    batch = forecast_batch(tokens, lengths, torch.tensor([4, 9, 0]))
+    # the prefix is clamped so that the context and the target both keep a token
+    for v, (prefix, length) in enumerate([(4, 10), (5, 6), (1, 3)]):
+        context, targets, spans, _ = view_sets(batch, v)
+        assert context == list(range(prefix))
+        assert targets == list(range(prefix, length)) and set(spans) == {0}
+    assert (batch.denoiser == -1).all()

@@ -35,6 +35,11 @@ def test_linear_probe_cannot_compute_xnor_but_pair_features_can_compare():
     assert probe.linear_probe(pairs[:600], xnor[:600], pairs[600:], xnor[600:]) > 0.95
 
 
+def test_random_init_scores_fold_into_their_mean_and_spread():
+    folded = probe._fold({"trained": 0.9, "random_init/0": 0.4, "random_init/1": 0.6})
+    assert folded == pytest.approx({"trained": 0.9, "random_init": 0.5, "random_init_std": 0.1})
+
+
 def test_nearest_documents_finds_the_closest_rows():
     x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0], [0.0, 1.0]])
     assert probe.nearest_documents(x, 0, k=1)[0][0] == 1
@@ -50,13 +55,17 @@ def tiny_run(tinytales_bins, tmp_path_factory):
 
 
 def test_eval_scores_every_probe_against_random_init(tiny_run):
-    report = tjepa_eval.evaluate(tiny_run, max_documents=300, progress=False)
+    report = tjepa_eval.evaluate(tiny_run, max_documents=300, random_inits=2, progress=False)
     names = {p["name"] for p in report["probes"]}
-    assert {"factor:hero", "factor:ending", "factor:friend", "same_story", "token_identity",
-            "decoder_lens"} <= names
+    assert {"factor:hero", "factor:ending", "forecast:ending", "factor:friend", "same_story",
+            "token_identity", "decoder_lens"} <= names
+    kinds = {p["name"]: p["kind"] for p in report["probes"]}
+    assert kinds["forecast:ending"] == kinds["factor:friend"] == kinds["same_story"] == "semantic"
+    assert kinds["factor:ending"] == "nonlinear" and kinds["factor:hero"] == "lexical"
+    for p in report["probes"]:  # the baseline of a document probe is the mean of two twins
+        assert (p["random_init_std"] is not None) == (p["kind"] != "information")
     for p in report["probes"]:
         assert 0 <= p["trained"] <= 1 and 0 <= p["random_init"] <= 1
-        assert p["kind"] in ("semantic", "lexical", "information")
     hero = next(p for p in report["probes"] if p["name"] == "factor:hero")
     assert hero["bag_of_embeddings"] > 0.9  # a name is a word: a bag of words reads it
     assert report["rankme"] > 0
@@ -66,7 +75,7 @@ def test_eval_scores_every_probe_against_random_init(tiny_run):
 
 def test_eval_cli_prints_json_last(tiny_run):
     result = subprocess.run([sys.executable, "-m", "tjepa.eval", str(tiny_run), "--json",
-                             "--max-documents", "200"],
+                             "--max-documents", "200", "--random-inits", "1"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     last = json.loads(result.stdout.strip().splitlines()[-1])

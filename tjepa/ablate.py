@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tjepa import plot
+from tjepa import plot, probe
 from tjepa.eval import evaluate
 from tjepa.masking import CONFIG_DIR
 from tjepa.train import load_config, read_metrics, train
@@ -29,7 +29,8 @@ README_START, README_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 def ablate(data_dir: str | None = None, steps: int | None = None, seeds: int = 1,
            out: str | Path = "out/ablation", max_documents: int = 1000,
-           overrides: list[str] = (), progress: bool = True) -> dict:
+           overrides: list[str] = (), random_inits: int = probe.RANDOM_INITS,
+           progress: bool = True) -> dict:
     """Train and probe every mechanism for ``seeds`` seeds; returns rows, one per mechanism.
     ``overrides`` (``section.key=value``) apply to all three configs alike."""
     out = Path(out)
@@ -44,7 +45,8 @@ def ablate(data_dir: str | None = None, steps: int | None = None, seeds: int = 1
             config = load_config(CONFIG_DIR / "ablation" / f"{mechanism}.toml", settings)
             run_dir = out / f"{mechanism}-seed{seed}"
             summary = train(config, run_dir, progress=progress)
-            report = evaluate(run_dir, max_documents=max_documents, progress=progress)
+            report = evaluate(run_dir, max_documents=max_documents,
+                              random_inits=random_inits, progress=progress)
             metrics = read_metrics(run_dir)
             runs[mechanism].append({
                 "seed": seed, "summary": summary, "report": report, "metrics": metrics,
@@ -70,7 +72,9 @@ def _row(mechanism: str, found: list[dict]) -> dict:
         random_init = [f["report"]["probes"][i]["random_init"] for f in found]
         probes.append({**found[0]["report"]["probes"][i], "name": name,
                        "trained": float(np.mean(trained)), "trained_std": float(np.std(trained)),
-                       "random_init": float(np.mean(random_init))})
+                       "random_init": float(np.mean(random_init)),
+                       "random_init_std": float(np.std(random_init)) if len(found) > 1
+                       else found[0]["report"]["probes"][i].get("random_init_std")})
     final = [f["metrics"][-1] for f in found]
     return {
         "mechanism": mechanism,
@@ -124,12 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--out", default="out/ablation")
     parser.add_argument("--max-documents", type=int, default=1000)
+    parser.add_argument("--random-inits", type=int, default=probe.RANDOM_INITS,
+                        help="random-init twins per run (with several seeds, one is enough: "
+                             "every seed brings its own)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a value in all three configs")
     parser.add_argument("--readme", help="rewrite the table between this file's markers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = ablate(args.data, args.steps, args.seeds, args.out, args.max_documents, args.set)
+    result = ablate(args.data, args.steps, args.seeds, args.out, args.max_documents, args.set,
+                    args.random_inits)
     table = markdown_table(result)
     print(table)
     if args.readme:

@@ -54,14 +54,16 @@ def embed(run_dir: str | Path, texts: list[str], batch_size: int = 64,
 
 
 def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "cpu",
-             max_documents: int = probe.MAX_PROBE_DOCUMENTS, progress: bool = True) -> dict:
+             max_documents: int = probe.MAX_PROBE_DOCUMENTS,
+             random_inits: int = probe.RANDOM_INITS, progress: bool = True) -> dict:
     """Run the probe suite on a run; writes eval.json and eval.png; returns the report."""
     run_dir = Path(run_dir)
     model, config, _ = load_run(run_dir, device=device)
     bins = data.TokenBins(data_dir or config.data.dir)
     results = probe.evaluate_run(model, bins, config.data.block_size, config.masking,
                                  seed=config.train.seed, device=device,
-                                 max_documents=max_documents, progress=progress)
+                                 max_documents=max_documents, random_inits=random_inits,
+                                 progress=progress)
     measured = [r for r in read_metrics(run_dir) if "rankme" in r]
     report = {"run_dir": str(run_dir), "probes": probe.as_dicts(results),
               "rankme": measured[-1]["rankme"] if measured else None}
@@ -85,10 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-documents", type=int, default=probe.MAX_PROBE_DOCUMENTS,
                         help="documents per split for the probes")
+    parser.add_argument("--random-inits", type=int, default=probe.RANDOM_INITS,
+                        help="random-init twins whose mean is the baseline")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
-        report = evaluate(args.run_dir, args.data, args.device, args.max_documents)
+        report = evaluate(args.run_dir, args.data, args.device, args.max_documents,
+                          args.random_inits)
     except (ConfigError, data.DataError, TrainingError) as e:
         print(f"tjepa.eval: error: {e}", file=sys.stderr)
         return 1

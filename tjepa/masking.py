@@ -128,7 +128,7 @@ class MaskedBatch:
     tokens: Tensor  # (B, T) int64, padded with 0
     lengths: Tensor  # (B,)
     document: Tensor  # (V,) which document each view is of
-    denoiser: Tensor  # (V,) which denoiser of the mixture made it
+    denoiser: Tensor  # (V,) which denoiser of the mixture made it (-1: none, set by hand)
     context_positions: Tensor  # (V, C), padded with 0
     context_valid: Tensor  # (V, C) bool
     target_positions: Tensor  # (V, P), spans packed one after another, padded with 0
@@ -264,6 +264,23 @@ class MaskSampler:
         keys = torch.where(eligible, self._rand(len(length), width), 2.0)
         rank = keys.argsort(1).argsort(1)  # eligible positions first, in random order
         return rank < keep[:, None]
+
+
+def forecast_batch(tokens: Tensor, lengths: Tensor, prefix_lengths: Tensor,
+                   pad_multiple: int = 8) -> MaskedBatch:
+    """One S-denoiser view per document with the split chosen, not drawn: the first
+    ``prefix_lengths[b]`` tokens are the context, the rest of the document one target span.
+    What the probes use to ask "what does the predictor expect after this prefix?"."""
+    position = torch.arange(tokens.shape[1], device=tokens.device)
+    prefix = torch.minimum(prefix_lengths.to(lengths), lengths - 1).clamp(min=1)[:, None]
+    context_positions, context_valid = _pack(position < prefix, pad_multiple)
+    suffix = (position >= prefix) & (position < lengths[:, None])
+    target_positions, target_valid = _pack(suffix, pad_multiple)
+    n = len(tokens)
+    return MaskedBatch(tokens, lengths, torch.arange(n, device=tokens.device),
+                       torch.full((n,), -1, device=tokens.device), context_positions,
+                       context_valid, target_positions,
+                       torch.where(target_valid, 0, -1))
 
 
 # --- attention rules -----------------------------------------------------------------------

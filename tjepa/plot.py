@@ -119,7 +119,8 @@ def probe_figure(results) -> Figure:
               ("bag_of_embeddings", "bag of embeddings")]
     for i, (key, label) in enumerate(series):
         values = [getattr(r, key) if getattr(r, key) is not None else np.nan for r in results]
-        ax.bar(x + (i - 1) * 0.27, values, width=0.27, label=label)
+        spread = [getattr(r, f"{key}_std", None) or 0.0 for r in results]
+        ax.bar(x + (i - 1) * 0.27, values, width=0.27, label=label, yerr=spread, capsize=2)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("validation accuracy")
     ax.set_ylim(0, 1)
