@@ -205,12 +205,13 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, Sequence[dict]]) ->
     width = 0.8 / (len(rows) + 1)
     for i, row in enumerate(rows):
         axes[0, 0].bar(x + i * width, [p["trained"] for p in row["probes"]], width,
+                       yerr=[p.get("trained_std") or 0.0 for p in row["probes"]], capsize=1.5,
                        label=row["mechanism"])
     axes[0, 0].bar(x + len(rows) * width, [p["random_init"] for p in rows[0]["probes"]], width,
                    label="random init", color="lightgrey")
     axes[0, 0].set_xticks(x + 0.4, names, rotation=35, ha="right", fontsize=8)
     axes[0, 0].set_ylabel("probe accuracy")
-    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     mechanisms = [r["mechanism"] for r in rows]
     axes[0, 1].bar(mechanisms, [r["rankme"] for r in rows])
     axes[0, 1].set_title("final token RankMe (target encoder)")
