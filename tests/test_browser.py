@@ -5,7 +5,7 @@ not match the kernel's ipywidgets, passes nbval and fails here.
 Needs Debian's Chromium (``apt-get install chromium``; ``.ci/run`` installs it) and the
 ``playwright`` package (the dev extra); never ``playwright install``, which downloads a browser.
 
-``pytest -m browser`` runs these two tests alone (about 30 s).
+``pytest -m browser`` runs these two tests alone (about 35 s).
 """
 
 from __future__ import annotations
@@ -99,7 +99,12 @@ def _jupyter_lab(repo: Path, tmp_path: Path):
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", server)
+        try:
+            _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", server)
+        except (RuntimeError, TimeoutError) as e:
+            log.flush()
+            tail = (tmp_path / "jupyter.log").read_text()[-2000:]
+            raise RuntimeError(f"{e}; the end of its log:\n{tail}") from None
         yield f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK}.ipynb?token={token}"
     finally:
         server.terminate()
