@@ -358,7 +358,7 @@ def forecast_features(model: JEPA, split, documents, block_size: int, prefix_len
         batch = forecast_batch(tokens, lengths, torch.as_tensor(prefix_lengths[chunk])).to(device)
         predictions, _ = model.predict(batch)  # (B, P, D)
         valid = batch.target_valid[..., None]
-        out.append(((predictions.float() * valid).sum(1) / valid.sum(1)).cpu())
+        out.append(((predictions.float() * valid).sum(1) / valid.sum(1).clamp(min=1)).cpu())
     return torch.cat(out)
 
 
