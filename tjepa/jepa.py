@@ -148,6 +148,13 @@ def encode_documents(encoder: Encoder, tokens: Tensor, lengths: Tensor,
     return encoder(tokens, positions, attention_mask(groups, backend))
 
 
+def mean_pool(h: Tensor, lengths: Tensor) -> Tensor:
+    """Mean over each document's real tokens of (B, T, D) with padding past ``lengths``: (B, D).
+    """
+    valid = torch.arange(h.shape[1], device=h.device) < lengths[:, None]
+    return (h * valid[..., None]).sum(1) / lengths[:, None]
+
+
 def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind) -> Tensor:
     """Per-token loss (V, P): smooth L1 and L2 averaged over the embedding, or 1 − cosine."""
     if kind == "smooth_l1":

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tjepa.config import check
-from tjepa.jepa import JEPA, encode_documents, sigreg
+from tjepa.jepa import JEPA, encode_documents, mean_pool, sigreg
 
 
 @dataclass
@@ -131,8 +131,7 @@ def measure(model: JEPA, tokens: Tensor, lengths: Tensor,
 
     def metrics(encoder, prefix: str = "") -> dict[str, float]:
         h = encode_documents(encoder, tokens, lengths, model.config.attention).float()
-        pooled = (h * valid[..., None]).sum(1) / lengths[:, None]
-        return collapse_metrics(h.flatten(0, 1)[token_index], pooled, prefix)
+        return collapse_metrics(h.flatten(0, 1)[token_index], mean_pool(h, lengths), prefix)
 
     out = metrics(model.target_encoder)
     if model.context_encoder is model.target_encoder:  # no EMA: one encoder, measured once

@@ -34,7 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tjepa import data
-from tjepa.jepa import JEPA, encode_documents
+from tjepa.jepa import JEPA, encode_documents, mean_pool
 from tjepa.masking import MaskingConfig, MaskSampler, forecast_batch
 from tjepa.model import Encoder
 
@@ -62,16 +62,13 @@ class ProbeResult:
 @torch.no_grad()
 def pooled(encoder: Encoder, tokens: Tensor, lengths: Tensor) -> Tensor:
     """Mean over each document's tokens of the encoder's output: (B, D)."""
-    h = encode_documents(encoder, tokens, lengths).float()
-    valid = torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]
-    return (h * valid[..., None]).sum(1) / lengths[:, None]
+    return mean_pool(encode_documents(encoder, tokens, lengths).float(), lengths)
 
 
 @torch.no_grad()
 def bag_of_embeddings(encoder: Encoder, tokens: Tensor, lengths: Tensor) -> Tensor:
     """Mean of the input token embeddings, no attention at all: (B, D)."""
-    valid = torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]
-    return (encoder.embed(tokens) * valid[..., None]).sum(1) / lengths[:, None]
+    return mean_pool(encoder.embed(tokens), lengths)
 
 
 def document_features(feature_fn, split: data.DocumentSplit, documents: np.ndarray,

@@ -208,7 +208,7 @@ def train(
 
     log = MetricsLog(run_dir, config, enabled=world.is_main, resume_step=step if resume else None)
     val_batches = _validation_batches(bins, config)
-    held_out = _held_out_documents(bins, config)
+    held_out = [t.to(device) for t in _held_out_documents(bins, config)]  # moved once
     alarm = CollapseAlarm(config.monitor, config.model.dim)
     end = min(stop_at or config.train.max_steps, config.train.max_steps)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext())
@@ -257,8 +257,7 @@ def train(
                             best_val = record["val_loss"]
                             save("best.pt")
                     if monitor_now:
-                        record.update(measure(model, *(t.to(device) for t in held_out),
-                                              config.monitor.max_tokens))
+                        record.update(measure(model, *held_out, config.monitor.max_tokens))
                         rankme = record["rankme"]
                         if alarm.check(record, step):
                             record["collapse_alarm"] = True
@@ -329,10 +328,7 @@ def evaluate(model: JEPA, batches: list[MaskedBatch], device, autocast=None) -> 
 
 def _validation_batches(bins: data.TokenBins, config: RunConfig) -> list[MaskedBatch]:
     """The same validation batches at every evaluation, from a seed of their own."""
-    split = bins.split("val")
-    loader = data.DocumentLoader(split, min(config.data.batch_size, len(split)),
-                                 config.data.block_size, seed=config.train.seed,
-                                 min_tokens=config.data.min_tokens)
+    loader = _validation_loader(bins, config, config.data.batch_size)
     sampler = MaskSampler(config.masking, seed=config.train.seed + 1,
                           pad_multiple=config.train.pad_multiple)
     return [sampler(*loader.next_batch()) for _ in range(config.train.eval_batches)]
@@ -357,11 +353,14 @@ def compile_networks(model: JEPA) -> None:
 
 def _held_out_documents(bins: data.TokenBins, config: RunConfig):
     """A fixed batch of validation documents for the collapse metrics: tokens, lengths."""
+    return _validation_loader(bins, config, config.monitor.documents).next_batch()
+
+
+def _validation_loader(bins: data.TokenBins, config: RunConfig,
+                       batch_size: int) -> data.DocumentLoader:
     split = bins.split("val")
-    loader = data.DocumentLoader(split, min(config.monitor.documents, len(split)),
-                                 config.data.block_size, seed=config.train.seed,
-                                 min_tokens=config.data.min_tokens)
-    return loader.next_batch()
+    return data.DocumentLoader(split, min(batch_size, len(split)), config.data.block_size,
+                               seed=config.train.seed, min_tokens=config.data.min_tokens)
 
 
 def _check_finite(first_bad_step: torch.Tensor, run_dir: Path) -> None:
