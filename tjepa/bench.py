@@ -2,6 +2,7 @@
 
     python -m tjepa.bench masking --batch 64 --views 3 --json
     python -m tjepa.bench step --config configs/tinystories.toml --views 3 --batch 64 --json
+    python -m tjepa.bench step --config configs/tinystories.toml --set train.pad_multiple=64
 
 Each prints a human line, then (with ``--json``) one JSON object as its last line.
 """
@@ -16,7 +17,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from tjepa.masking import MaskingConfig, MaskSampler
+from tjepa.masking import MaskedBatch, MaskingConfig, MaskSampler
 
 LENGTH_MEAN, LENGTH_STD, LENGTH_MIN = 190, 60, 8  # TinyStories stories, in cl100k tokens
 
@@ -58,9 +59,11 @@ def bench_masking(batch: int, views: int, mixture: str = "seed", block_size: int
 
 def bench_step(config_path: str | None = None, device: str = "auto", views: int | None = None,
                batch: int | None = None, compile: bool | None = None, steps: int = 20,
-               warmup: int = 5, vocab_size: int = 8192) -> dict:
+               warmup: int = 5, vocab_size: int = 8192,
+               overrides: list[str] | None = None) -> dict:
     """The real training step — masking, target encoder, context encoder, predictor, loss,
-    backward, AdamW, EMA — timed on synthetic TinyStories-like documents after warm-up."""
+    backward, AdamW, EMA — timed on synthetic TinyStories-like documents after warm-up.
+    ``overrides`` are ``SECTION.KEY=VALUE`` strings, as ``python -m tjepa.train --set``."""
     from tjepa.jepa import JEPA, Schedule, make_optimizer
     from tjepa.train import (
         Distributed,
@@ -70,7 +73,7 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         resolve_model,
     )
 
-    overrides = []
+    overrides = list(overrides or [])
     if views:
         overrides.append(f"masking.views={views}")
     if batch:
@@ -119,7 +122,8 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     seconds = (time.perf_counter() - started) / steps
 
     tokens_per_step = sum(int(d[1].sum()) for d in docs) / len(docs)
-    flops = step_flops(model_config, config.data.batch_size, tokens_per_step, sampler, docs)
+    packed = [sampler(*d) for d in docs]
+    flops = step_flops(model_config, config.data.batch_size, tokens_per_step, packed)
     peak = _peak_flops(device)
     return {
         "bench": "step",
@@ -129,6 +133,8 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         "attention": model_config.attention,
         "views": config.masking.views,
         "batch": config.data.batch_size,
+        "pad_multiple": config.train.pad_multiple,
+        "padding": round(sum(map(padding_share, packed)) / len(packed), 4),
         "step_ms": round(1000 * seconds, 2),
         "tokens_per_s": round(tokens_per_step / seconds, 1),
         "tflops": round(flops / seconds / 1e12, 2),
@@ -140,11 +146,9 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     }
 
 
-def step_flops(config, batch: int, tokens_per_step: float, sampler: MaskSampler,
-               docs) -> float:
+def step_flops(config, batch: int, tokens_per_step: float, masked: list[MaskedBatch]) -> float:
     """Useful FLOPs of one step, on real (unpadded) tokens: per token and layer, 2 FLOPs per
     weight plus 4·S·d for attention scores and values, forward; backward doubles it again."""
-    masked = [sampler(*d) for d in docs[:2]]
     views = len(masked[0].document)
     context = sum(int(m.context_valid.sum()) for m in masked) / len(masked)  # per step
     targets = sum(int(m.target_valid.sum()) for m in masked) / len(masked)
@@ -159,6 +163,15 @@ def step_flops(config, batch: int, tokens_per_step: float, sampler: MaskSampler,
     pred = 3 * forward(context + targets, (context + targets) / views, dp,
                        config.predictor_depth)
     return target + ctx + pred
+
+
+def padding_share(batch: MaskedBatch) -> float:
+    """Share of the token slots the three passes process — target encoder (B, T), context
+    encoder (V, C), predictor (V, C + P) — that are padding: compute that buys nothing."""
+    context, targets = int(batch.context_valid.sum()), int(batch.target_valid.sum())
+    real = int(batch.lengths.sum()) + 2 * context + targets
+    slots = batch.tokens.numel() + 2 * batch.context_valid.numel() + batch.target_valid.numel()
+    return 1 - real / slots
 
 
 def _peak_flops(device: torch.device) -> float | None:
@@ -191,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     step.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     step.add_argument("--steps", type=int, default=20)
     step.add_argument("--warmup", type=int, default=5)
+    step.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                      help="override a config value, e.g. --set train.pad_multiple=64")
     step.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -200,10 +215,11 @@ def main(argv: list[str] | None = None) -> int:
               f"x {args.views} views (median of {args.iters})")
     if args.what == "step":
         result = bench_step(args.config, args.device, args.views, args.batch, args.compile,
-                            args.steps, args.warmup)
+                            args.steps, args.warmup, overrides=args.set)
         print(f"step: {result['step_ms']} ms, {result['tokens_per_s']:,.0f} input tokens/s, "
               f"{result['tflops']} TFLOP/s on {result['device']} (batch {result['batch']}, "
-              f"{result['views']} views, compile {result['compile']})")
+              f"{result['views']} views, compile {result['compile']}, "
+              f"{100 * result['padding']:.0f} % of packed slots padding)")
     if args.json:
         print(json.dumps(result))
     return 0
