@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step: {result['step_ms']} ms, {result['tokens_per_s']:,.0f} input tokens/s, "
               f"{result['tflops']} TFLOP/s on {result['device']} (batch {result['batch']}, "
               f"{result['views']} views, compile {result['compile']}, "
-              f"{100 * result['padding']:.0f} % of packed slots padding)")
+              f"{100 * result['padding']:.0f} % of the token slots padding)")
     if args.json:
         print(json.dumps(result))
     return 0
