@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 
 import torch
 from tqdm.auto import tqdm
@@ -64,16 +65,15 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     """The real training step — masking, target encoder, context encoder, predictor, loss,
     backward, AdamW, EMA — timed on synthetic TinyStories-like documents after warm-up.
     ``overrides`` are ``SECTION.KEY=VALUE`` strings, as ``python -m tjepa.train --set``."""
-    from tjepa.jepa import JEPA, Schedule, make_optimizer
     from tjepa.train import (
         Distributed,
-        compile_networks,
+        build_step_parts,
         load_config,
         optimizer_step,
         resolve_model,
     )
 
-    overrides = list(overrides or [])
+    overrides = [*(overrides or []), f"train.max_steps={steps + warmup}"]
     if views:
         overrides.append(f"masking.views={views}")
     if batch:
@@ -84,16 +84,9 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
     model_config = resolve_model(config, device, config.model.vocab_size or vocab_size)
-    torch.manual_seed(0)
-    model = JEPA(model_config, config.optim).to(device)
-    optimizer = make_optimizer(model, config.optim, fused=device.type == "cuda")
-    schedule = Schedule(config.optim, steps + warmup)
-    if config.train.compile:
-        compile_networks(model)
-    sampler = MaskSampler(config.masking, seed=0, pad_multiple=config.train.pad_multiple)
+    config = replace(config, model=model_config)
+    model, optimizer, schedule, sampler, autocast = build_step_parts(config, device)
     generator = torch.Generator().manual_seed(0)
-    use_bf16 = device.type == "cuda" and config.train.dtype != "float32"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     block = config.data.block_size
     docs = [synthetic_documents(config.data.batch_size, block, model_config.vocab_size,
                                 generator) for _ in range(4)]

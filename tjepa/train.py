@@ -172,20 +172,10 @@ def train(
     if config.data.batch_size % parts:
         raise ConfigError(f"data.batch_size {config.data.batch_size} must be divisible by "
                           f"ranks x train.grad_accum = {parts}")
-    use_bf16 = config.train.dtype == "bfloat16" or (
-        config.train.dtype == "auto" and device.type == "cuda")
-
-    torch.manual_seed(config.train.seed)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
-    model = JEPA(config.model, config.optim).to(device)
-    optimizer = make_optimizer(model, config.optim, fused=device.type == "cuda")
-    schedule = Schedule(config.optim, config.train.max_steps)
+    model, optimizer, schedule, sampler, autocast = build_step_parts(config, device)
     loader = data.DocumentLoader(bins.split("train"), config.data.batch_size,
                                  config.data.block_size, config.train.seed,
                                  config.data.min_tokens)
-    sampler = MaskSampler(config.masking, seed=config.train.seed,
-                          pad_multiple=config.train.pad_multiple)
     step, best_val = 0, math.inf
     if resume:
         checkpoint = load_checkpoint(run_dir / "last.pt", device)
@@ -199,8 +189,6 @@ def train(
         (run_dir / "config.toml").write_text(dump_toml(to_dict(config)))
         # the vocabulary travels with the run, so the run folder alone can embed new text
         (run_dir / "vocab.json").write_text(json.dumps(bins.meta))
-    if config.train.compile:
-        compile_networks(model)
     network = model
     if world.world_size > 1:
         network = torch.nn.parallel.DistributedDataParallel(
@@ -211,7 +199,6 @@ def train(
     held_out = [t.to(device) for t in _held_out_documents(bins, config)]  # moved once
     alarm = CollapseAlarm(config.monitor, config.model.dim)
     end = min(stop_at or config.train.max_steps, config.train.max_steps)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext())
     stream = BatchStream(loader, sampler, pin=device.type == "cuda")
     save = lambda name: _save(run_dir / name, model, optimizer, stream, step, best_val, config,
                               world)
@@ -282,6 +269,27 @@ def train(
     return {"run_dir": str(run_dir), "step": step, "losses": losses, "best_val_loss": best_val,
             "stopped_early": stop.requested, "collapse_alarm_step": alarm.tripped_at,
             "seconds": time.perf_counter() - started}
+
+
+def build_step_parts(config: RunConfig, device: torch.device):
+    """What a training step needs — model, optimizer, schedule, mask sampler, autocast — built
+    one way for ``train`` and ``tjepa.bench``. ``config.model`` must be resolved (vocabulary,
+    attention backend: ``resolve_model``). Compiles the networks in place when the config asks:
+    a checkpoint still loads afterwards, the state dict keys are unchanged."""
+    use_bf16 = config.train.dtype == "bfloat16" or (
+        config.train.dtype == "auto" and device.type == "cuda")
+    torch.manual_seed(config.train.seed)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
+    model = JEPA(config.model, config.optim).to(device)
+    optimizer = make_optimizer(model, config.optim, fused=device.type == "cuda")
+    schedule = Schedule(config.optim, config.train.max_steps)
+    sampler = MaskSampler(config.masking, seed=config.train.seed,
+                          pad_multiple=config.train.pad_multiple)
+    if config.train.compile:
+        compile_networks(model)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    return model, optimizer, schedule, sampler, autocast
 
 
 def optimizer_step(network, model: JEPA, optimizer, batch: MaskedBatch, world: Distributed,
