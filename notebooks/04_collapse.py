@@ -23,15 +23,16 @@
 # normalized embeddings, mean pairwise **cosine** of centred embeddings, and **SIGReg**. The
 # alarm rests on RankMe, because std and cosine miss dimensional collapse.
 #
-# Two short runs: the default config (EMA target, healthy) and `configs/collapse_demo.toml`
-# (no EMA, a tiny predictor, a high learning rate), which collapses on purpose.
+# Two short runs: the default config (EMA target with VICReg's variance and covariance terms,
+# healthy) and `configs/collapse_demo.toml` (no EMA, a tiny predictor, a high learning rate),
+# which collapses on purpose.
 
 # %% tags=["parameters"]
 import os
 
 SMOKE = os.environ.get("TJEPA_SMOKE") == "1"
 DATA_DIR = "../data/smoke" if SMOKE else "../data"
-STEPS = 60 if SMOKE else 400
+STEPS = 60 if SMOKE else 800  # the default config's train.max_steps
 OUT = "../out/notebooks"
 
 # %%
@@ -78,7 +79,7 @@ with warnings.catch_warnings(record=True) as caught:
 print([str(w.message) for w in caught if "collapse alarm" in str(w.message)])
 
 # %%
-runs = {"default (EMA)": train.read_metrics(Path(OUT) / "healthy"),
+runs = {"default": train.read_metrics(Path(OUT) / "healthy"),
         "collapse demo": train.read_metrics(Path(OUT) / "collapse")}
 alarm = monitor.CollapseAlarm(healthy_config.monitor, healthy_config.model.dim)
 plot.collapse_figure(runs, alarm_line=alarm.rankme_line);
@@ -88,7 +89,7 @@ plot.collapse_figure(runs, alarm_line=alarm.rankme_line);
 # dozen steps — while its loss looks *better*.
 
 # %%
-healthy_rankme = [r["rankme"] for r in runs["default (EMA)"] if "rankme" in r]
+healthy_rankme = [r["rankme"] for r in runs["default"] if "rankme" in r]
 collapse_rankme = [r["rankme"] for r in runs["collapse demo"] if "rankme" in r]
 print(f"default: RankMe ≥ {min(healthy_rankme):.1f}, alarm at {healthy_run['collapse_alarm_step']}")
 print(f"collapse demo: RankMe down to {min(collapse_rankme):.1f}, "
