@@ -51,6 +51,7 @@ class OptimConfig:
     #   vicreg — the EMA targets plus VICReg's variance hinge and covariance penalty on the
     #            context encoder's embeddings (weights relative to the prediction loss: VICReg's
     #            25 : 25 : 1 for invariance : variance : covariance).
+    # The sigreg and vicreg terms are statistics of one rank's micro-batch (not gathered).
     anti_collapse: AntiCollapse = "ema"
     sigreg_weight: float = 0.05
     sigreg_directions: int = 256
