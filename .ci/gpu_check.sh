@@ -1,6 +1,6 @@
 #!/bin/bash
 # The GPU checks of issue 7 in one call of the device tool (it is not part of CI):
-#   run(command="bash .ci/gpu_check.sh", carry=[".whl", "data/sample"], timeout_s=560)
+#   run(command="bash .ci/gpu_check.sh", carry=[".whl", "data/sample"], timeout_s=600)
 # .whl holds the wheels that machine lacks (rotary-embedding-torch); data/sample the bins of
 # ../shared/data/tinystories_valid_sample.txt, made here with
 #   python -m tjepa.data --source ../shared/data/tinystories_valid_sample.txt --out data/sample

@@ -271,7 +271,8 @@ def train(
             "seconds": time.perf_counter() - started}
 
 
-def build_step_parts(config: RunConfig, device: torch.device):
+def build_step_parts(config: RunConfig, device: torch.device) -> tuple[
+        JEPA, torch.optim.Optimizer, Schedule, MaskSampler, contextlib.AbstractContextManager]:
     """What a training step needs — model, optimizer, schedule, mask sampler, autocast — built
     one way for ``train`` and ``tjepa.bench``. ``config.model`` must be resolved (vocabulary,
     attention backend: ``resolve_model``). Compiles the networks in place when the config asks:
