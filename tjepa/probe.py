@@ -151,9 +151,10 @@ def evaluate_run(model: JEPA, bins: data.TokenBins, block_size: int, masking: Ma
     factors = bins.factors()
     if factors:
         contextual = factors.get("contextual", {})
-        prefix = features({s: np.asarray(factors["prefix_tokens"][s])[docs]
-                           for s, (_, docs) in splits.items()}) if "prefix_tokens" in factors \
+        prefix_tokens = {s: np.asarray(factors["prefix_tokens"][s])[docs]
+                         for s, (_, docs) in splits.items()} if "prefix_tokens" in factors \
             else None
+        prefix = features(prefix_tokens) if prefix_tokens else None
         for factor, values in factors["values"].items():
             index = {v: i for i, v in enumerate(values)}
             y = {s: torch.tensor([index[v] for v in np.asarray(factors[s][factor])[docs]])
@@ -168,8 +169,6 @@ def evaluate_run(model: JEPA, bins: data.TokenBins, block_size: int, masking: Ma
                          n_val=len(y["val"]))
             results.append(ProbeResult(f"factor:{factor}", kind, **scores, **sizes))
             if from_prefix:  # what the predictor expects after the prefix: the S-denoiser's task
-                prefix_tokens = {s: np.asarray(factors["prefix_tokens"][s])[docs]
-                                 for s, (_, docs) in splits.items()}
                 models = {"trained": model, **{f"random_init/{k}": m
                                                for k, m in enumerate(random_models)}}
                 scores = {}
@@ -353,9 +352,9 @@ def forecast_features(model: JEPA, split, documents, block_size: int, prefix_len
         chunk = slice(start, start + batch_size)
         tokens, lengths = split.batch(documents[chunk], block_size)
         batch = forecast_batch(tokens, lengths, torch.as_tensor(prefix_lengths[chunk])).to(device)
-        predictions, _ = model.predict(batch)  # (B, P, D)
-        valid = batch.target_valid[..., None]
-        out.append(((predictions.float() * valid).sum(1) / valid.sum(1).clamp(min=1)).cpu())
+        predictions, _ = model.predict(batch)  # (B, P, D), the targets packed from slot 0
+        n_targets = batch.target_valid.sum(1).clamp(min=1)  # no targets: a zero vector, no NaN
+        out.append(mean_pool(predictions.float(), n_targets).cpu())
     return torch.cat(out)
 
 
