@@ -38,6 +38,24 @@ def test_context_encoder_output_ignores_target_tokens():
     assert not torch.equal(model.predict(batch)[1], targets_after)
 
 
+def test_predictions_do_not_depend_on_how_much_padding_the_batch_has():
+    torch.manual_seed(0)
+    model = JEPA(CONFIG).eval()
+    batch = masked_batch()
+    pad = lambda t, value: torch.nn.functional.pad(t, (0, 24), value=value)  # 24 more slots
+    wider = type(batch)(**{**batch.__dict__,
+                           "context_positions": pad(batch.context_positions, 0),
+                           "context_valid": pad(batch.context_valid, False),
+                           "target_positions": pad(batch.target_positions, 0),
+                           "target_span": pad(batch.target_span, -1)})
+    with torch.no_grad():
+        narrow_predictions, _ = model.predict(batch)
+        wide_predictions, _ = model.predict(wider)
+    valid = batch.target_valid
+    assert torch.allclose(narrow_predictions[valid], wide_predictions[:, :valid.shape[1]][valid],
+                          atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
 def test_predictor_attention_keeps_spans_apart_and_context_blind(backend):
     torch.manual_seed(0)

@@ -2,7 +2,7 @@
 
     python -m tjepa.bench masking --batch 64 --views 3 --json
     python -m tjepa.bench step --config configs/tinystories.toml --views 3 --batch 64 --json
-    python -m tjepa.bench step --config configs/tinystories.toml --set train.pad_multiple=64
+    python -m tjepa.bench step --config configs/tinystories.toml --set train.pack_length=0
 
 Each prints a human line, then (with ``--json``) one JSON object as its last line.
 """
@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tjepa.masking import MaskedBatch, MaskingConfig, MaskSampler
+from tjepa.packing import padding_share
 
 LENGTH_MEAN, LENGTH_STD, LENGTH_MIN = 190, 60, 8  # TinyStories stories, in cl100k tokens
 
@@ -71,6 +72,7 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         load_config,
         optimizer_step,
         resolve_model,
+        step_parts,
     )
 
     overrides = [*(overrides or []), f"train.max_steps={steps + warmup}"]
@@ -93,11 +95,14 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     pinned = device.type == "cuda"
 
     def one_step(i: int) -> None:
+        # masking and packing run inline here (training makes them ahead, in a thread); the
+        # host still works while the device runs the step before, which nothing waits for
         tokens, lengths = docs[i % len(docs)]
-        batch = sampler(tokens, lengths)
-        batch = batch.pin_memory() if pinned else batch
+        parts, total_targets = step_parts(sampler(tokens, lengths), config, Distributed())
+        parts = [part.pin_memory() for part in parts] if pinned else parts
         schedule.apply(optimizer, i)
-        optimizer_step(model, model, optimizer, batch, Distributed(), config, device, autocast)
+        optimizer_step(model, model, optimizer, parts, total_targets, Distributed(), device,
+                       autocast, config.optim.grad_clip)
         model.update_target(schedule.momentum(i))
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -115,8 +120,9 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     seconds = (time.perf_counter() - started) / steps
 
     tokens_per_step = sum(int(d[1].sum()) for d in docs) / len(docs)
-    packed = [sampler(*d) for d in docs]
-    flops = step_flops(model_config, config.data.batch_size, tokens_per_step, packed)
+    masked = [sampler(*d) for d in docs]  # drawn as the timed batches were, not the same ones
+    laid_out = [step_parts(m, config, Distributed())[0][0] for m in masked]
+    flops = step_flops(model_config, config.data.batch_size, tokens_per_step, masked)
     peak = _peak_flops(device)
     return {
         "bench": "step",
@@ -127,7 +133,8 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         "views": config.masking.views,
         "batch": config.data.batch_size,
         "pad_multiple": config.train.pad_multiple,
-        "padding": round(sum(map(padding_share, packed)) / len(packed), 4),
+        "pack_length": config.train.pack_length,
+        "padding": round(sum(map(padding_share, laid_out)) / len(laid_out), 4),
         "step_ms": round(1000 * seconds, 2),
         "tokens_per_s": round(tokens_per_step / seconds, 1),
         "tflops": round(flops / seconds / 1e12, 2),
@@ -156,15 +163,6 @@ def step_flops(config, batch: int, tokens_per_step: float, masked: list[MaskedBa
     pred = 3 * forward(context + targets, (context + targets) / views, dp,
                        config.predictor_depth)
     return target + ctx + pred
-
-
-def padding_share(batch: MaskedBatch) -> float:
-    """Share of the token slots the three passes process — target encoder (B, T), context
-    encoder (V, C), predictor (V, C + P) — that are padding: compute that buys nothing."""
-    context, targets = int(batch.context_valid.sum()), int(batch.target_valid.sum())
-    real = int(batch.lengths.sum()) + 2 * context + targets
-    slots = batch.tokens.numel() + 2 * batch.context_valid.numel() + batch.target_valid.numel()
-    return 1 - real / slots
 
 
 def _peak_flops(device: torch.device) -> float | None:

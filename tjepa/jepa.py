@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tjepa.config import check
 from tjepa.masking import MaskedBatch, attention_groups
 from tjepa.model import Encoder, ModelConfig, Predictor, attention_mask, init_weights
+from tjepa.packing import PackedBatch
 
 LossKind = Literal["smooth_l1", "l2", "cosine"]
 AntiCollapse = Literal["ema", "sigreg", "vicreg"]
@@ -88,13 +89,15 @@ class JEPA(nn.Module):
     def uses_ema(self) -> bool:
         return self.objective.anti_collapse in ("ema", "vicreg")
 
-    def forward(self, batch: MaskedBatch) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, batch: MaskedBatch | PackedBatch) -> tuple[Tensor, Tensor, Tensor]:
         """Sum of per-token losses over real targets, their number, and the anti-collapse
-        regularizer of this batch (0 for ``ema``); all 0-d."""
-        predictions, targets, context = self.predict(batch, return_context=True)
+        regularizer of this batch (0 for ``ema``); all 0-d. Padded and packed batches give the
+        same result (``tjepa.packing``)."""
+        predict = self.predict_packed if isinstance(batch, PackedBatch) else self.predict
+        predictions, targets, context = predict(batch, return_context=True)
         per_token = prediction_loss(predictions.float(), targets.float(), self.objective.loss)
         valid = batch.target_valid
-        regularizer = self.regularizer(context[batch.context_valid])
+        regularizer = self.regularizer(context, batch.context_valid)
         return (per_token * valid).sum(), valid.sum(), regularizer
 
     def predict(self, batch: MaskedBatch, return_context: bool = False):
@@ -115,15 +118,43 @@ class JEPA(nn.Module):
                                      attention_mask(attention_groups(batch), backend))
         return (predictions, targets, context) if return_context else (predictions, targets)
 
-    def regularizer(self, embeddings: Tensor) -> Tensor:
-        """The anti-collapse term on context embeddings (N, D)."""
+    def predict_packed(self, batch: PackedBatch, return_context: bool = False):
+        """``predict`` on packed rows: predictions and targets (Rp, L, D) at every predictor
+        slot (meaningful where ``batch.target_valid``), and the context embeddings (Rc, L, D)."""
+        backend = self.config.attention
+        target_grad = not (self.uses_ema or self.objective.target_stop_gradient)
+        with torch.set_grad_enabled(target_grad and torch.is_grad_enabled()):
+            document_groups = torch.where(batch.document_sequence >= 0, 0, -1)
+            targets = self.target_encoder(
+                batch.document_tokens, batch.document_positions,
+                attention_mask(document_groups, backend, batch.document_sequence))
+            targets = F.layer_norm(targets, targets.shape[-1:]).flatten(0, 1)
+            targets = targets[batch.predictor_target]  # (Rp, L, D)
+
+        context_groups = torch.where(batch.context_valid, 0, -1)
+        context = self.context_encoder(
+            batch.context_tokens, batch.context_positions,
+            attention_mask(context_groups, backend, batch.context_sequence))  # (Rc, L, D)
+        predictions = self.predictor.forward_packed(
+            context.flatten(0, 1), batch.predictor_source, batch.target_valid,
+            batch.predictor_positions,
+            attention_mask(batch.predictor_group, backend, batch.predictor_sequence))
+        return (predictions, targets, context) if return_context else (predictions, targets)
+
+    def regularizer(self, embeddings: Tensor, valid: Tensor) -> Tensor:
+        """The anti-collapse term on the context embeddings (..., D) where ``valid`` (...)."""
         o = self.objective
+        if o.anti_collapse == "ema":
+            return embeddings.new_zeros(())
+        # zero weight on padding: boolean indexing would wait for the device to count it
+        embeddings, weight = embeddings.flatten(0, -2), valid.flatten().float()
         if o.anti_collapse == "sigreg":
-            return o.sigreg_weight * sigreg(embeddings, o.sigreg_directions, normalize=False)
+            return o.sigreg_weight * sigreg(embeddings, o.sigreg_directions, normalize=False,
+                                            weight=weight)
         if o.anti_collapse == "vicreg":
-            variance, covariance = vicreg_terms(embeddings)
+            variance, covariance = vicreg_terms(embeddings, weight=weight)
             return o.vicreg_variance_weight * variance + o.vicreg_covariance_weight * covariance
-        return embeddings.new_zeros(())
+        raise ValueError(f"unknown anti_collapse {o.anti_collapse!r}")
 
     def target_embeddings(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """The target encoder on whole documents (B, T) → (B, T, D); padding is masked."""
@@ -169,7 +200,8 @@ def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind) -> Ten
 
 
 def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
-           generator: torch.Generator | None = None, knots: int = 33) -> Tensor:
+           generator: torch.Generator | None = None, knots: int = 33,
+           weight: Tensor | None = None) -> Tensor:
     """Epps–Pulley statistic of random unit projections against N(0, 1), averaged (0-d).
 
     ``N ∫ |φ_N(t) − e^{−t²/2}|² e^{−t²/2} dt``, with φ_N the empirical characteristic function
@@ -177,32 +209,47 @@ def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
     ``normalize`` centres the embeddings and scales them to unit mean variance per direction
     first, which makes it a scale-free test of shape (the monitor; estimating mean and scale
     lowers the Gaussian level to ≈ 0.55); without it, it also asks for zero mean and unit
-    variance (the LeJEPA regularizer). Differentiable.
+    variance (the LeJEPA regularizer). ``weight`` (N,) of 0/1 leaves rows out (padding).
+    Differentiable.
     """
     x = embeddings.float()
+    w, n = _row_weights(x, weight)
     if normalize:
-        x = x - x.mean(0)
-        x = x / x.pow(2).sum(1).mean().div(x.shape[1]).sqrt().clamp(min=1e-6)
+        x = x - _mean(x, w, n)
+        x = x / _mean(x.pow(2).sum(1, keepdim=True), w, n).div(x.shape[1]).sqrt().clamp(min=1e-6)
     a = torch.randn(x.shape[1], directions, device=x.device, generator=generator)
     z = x @ F.normalize(a, dim=0)  # (N, M)
     t = torch.linspace(-5, 5, knots, device=x.device)
     zt = z[:, :, None] * t  # (N, M, K)
-    real, imag = zt.cos().mean(0), zt.sin().mean(0)  # (M, K)
+    real, imag = _mean(zt.cos(), w[:, :, None], n), _mean(zt.sin(), w[:, :, None], n)  # (M, K)
     gauss = torch.exp(-t.square() / 2)
     integrand = ((real - gauss).square() + imag.square()) * gauss
-    return len(x) * torch.trapezoid(integrand, t, dim=-1).mean()
+    return n * torch.trapezoid(integrand, t, dim=-1).mean()
 
 
-def vicreg_terms(embeddings: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+def vicreg_terms(embeddings: Tensor, eps: float = 1e-4,
+                 weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """VICReg's variance hinge (mean over dimensions of max(0, 1 − std)) and covariance
-    penalty (squared off-diagonal covariances, summed, over the width) of (N, D)."""
+    penalty (squared off-diagonal covariances, summed, over the width) of (N, D); ``weight``
+    (N,) of 0/1 leaves rows out (padding)."""
     x = embeddings.float()
-    x = x - x.mean(0)
-    std = (x.var(0) + eps).sqrt()
+    w, n = _row_weights(x, weight)
+    x = (x - _mean(x, w, n)) * w
+    cov = (x.T @ x) / (n - 1).clamp(min=1)  # (D, D)
+    std = (torch.diagonal(cov) + eps).sqrt()
     variance = F.relu(1 - std).mean()
-    cov = (x.T @ x) / max(len(x) - 1, 1)
     off_diagonal = cov - torch.diag(torch.diagonal(cov))
     return variance, off_diagonal.square().sum() / x.shape[1]
+
+
+def _row_weights(x: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Row weights (N, 1) and their sum (0-d): all ones when none are given."""
+    w = x.new_ones(len(x)) if weight is None else weight.to(x.dtype)
+    return w[:, None], w.sum()
+
+
+def _mean(x: Tensor, w: Tensor, n: Tensor) -> Tensor:
+    return (x * w).sum(0) / n.clamp(min=1)
 
 
 # --- optimizer and schedules ---------------------------------------------------------------

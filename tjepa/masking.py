@@ -293,7 +293,8 @@ def attention_groups(batch: MaskedBatch) -> Tensor:
     these. An encoder's input is the special case with no targets: all valid tokens group 0.
     """
     context = torch.where(batch.context_valid, 0, -1)
-    return torch.cat([context, batch.target_span + 1], dim=1)
+    targets = torch.where(batch.target_valid, batch.target_span + 1, -1)
+    return torch.cat([context, targets], dim=1)
 
 
 def may_attend(query_group: Tensor, key_group: Tensor, same_token: Tensor) -> Tensor:
@@ -303,10 +304,16 @@ def may_attend(query_group: Tensor, key_group: Tensor, same_token: Tensor) -> Te
     return shared | own_span | same_token  # padding sees itself, so no softmax row is empty
 
 
-def attention_mask(groups: Tensor) -> Tensor:
-    """Dense boolean mask for SDPA from groups (N, S): (N, 1, S, S), True where allowed."""
+def attention_mask(groups: Tensor, sequence: Tensor | None = None) -> Tensor:
+    """Dense boolean mask for SDPA from groups (N, S): (N, 1, S, S), True where allowed.
+
+    ``sequence`` (N, S), for rows that hold several sequences end to end (``tjepa.packing``):
+    tokens then attend within their own sequence only.
+    """
     index = torch.arange(groups.shape[1], device=groups.device)
     allowed = may_attend(groups[:, :, None], groups[:, None, :], index[:, None] == index[None, :])
+    if sequence is not None:
+        allowed &= sequence[:, :, None] == sequence[:, None, :]
     return allowed[:, None]
 
 

@@ -149,9 +149,19 @@ class Predictor(nn.Module):
         x = self.transformer(x, positions, mask)
         return self.head(x[:, context.shape[1]:])
 
+    def forward_packed(self, context: Tensor, source: Tensor, is_target: Tensor,
+                       positions: Tensor, mask: AttentionMask) -> Tensor:
+        """The same on packed rows (``tjepa.packing``): context (N, D) the context encoder's
+        output slots, flattened; ``source`` (R, L) which of them each context slot carries;
+        ``is_target`` (R, L) where the mask tokens go → predictions (R, L, D) at every slot."""
+        x = torch.where(is_target[..., None], self.mask_token, self.embed(context[source]))
+        return self.head(self.transformer(x, positions, mask))
 
-def attention_mask(groups: Tensor, backend: AttentionBackend = "sdpa") -> AttentionMask:
+
+def attention_mask(groups: Tensor, backend: AttentionBackend = "sdpa",
+                   sequence: Tensor | None = None) -> AttentionMask:
     """The mask for groups (N, S), built on their device once per batch, shared by all layers.
+    ``sequence`` (N, S) keeps packed sequences apart (``tjepa.packing``).
 
     ``flex`` falls back to SDPA on the CPU when gradients are needed: flex_attention has no CPU
     backward. Both follow the same rule (``masking.may_attend``), and tests check they agree.
@@ -159,10 +169,15 @@ def attention_mask(groups: Tensor, backend: AttentionBackend = "sdpa") -> Attent
     if backend == "flex" and groups.device.type == "cpu" and torch.is_grad_enabled():
         backend = "sdpa"
     if backend == "sdpa":
-        return masking.attention_mask(groups)
+        return masking.attention_mask(groups, sequence)
 
-    def mask_mod(b, h, q, k):
-        return masking.may_attend(groups[b, q], groups[b, k], q == k)
+    if sequence is None:
+        def mask_mod(b, h, q, k):
+            return masking.may_attend(groups[b, q], groups[b, k], q == k)
+    else:  # packed rows are block diagonal: flex skips the blocks between sequences
+        def mask_mod(b, h, q, k):
+            same_sequence = sequence[b, q] == sequence[b, k]
+            return same_sequence & masking.may_attend(groups[b, q], groups[b, k], q == k)
 
     n, s = groups.shape
     return _create_block_mask(mask_mod, n, None, s, s, device=groups.device)

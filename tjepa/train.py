@@ -24,6 +24,7 @@ import threading
 import time
 import tomllib
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ from tjepa.jepa import JEPA, OptimConfig, Schedule, make_optimizer
 from tjepa.masking import CONFIG_DIR, MaskedBatch, MaskingConfig, MaskSampler
 from tjepa.model import ModelConfig, count_parameters
 from tjepa.monitor import CollapseAlarm, MonitorConfig, measure
+from tjepa.packing import PackedBatch, pack
 
 DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
 CHECKPOINT_FORMAT = "tjepa-checkpoint-1"
@@ -66,6 +68,9 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA
     compile: bool = False
     pad_multiple: int = 1  # round packed widths up to this (128 with compile: few shapes)
+    # > 0: lay every pass out in rows of this many slots, sequences end to end, no padding
+    # (tjepa.packing); at least data.block_size. 0: one padded row per document or view.
+    pack_length: int = 0
     grad_accum: int = 1
     log_interval: int = 10
     eval_interval: int = 100
@@ -76,6 +81,7 @@ class TrainConfig:
         for name in ("max_steps", "grad_accum", "pad_multiple", "log_interval", "eval_interval",
                      "eval_batches", "checkpoint_interval"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        check(self.pack_length >= 0, f"pack_length must be >= 0, got {self.pack_length}")
 
 
 @dataclass
@@ -99,6 +105,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.masking.check_fits(self.data.block_size)
+        length = self.train.pack_length
+        check(length == 0 or length >= self.data.block_size,
+              f"train.pack_length ({length}) must be 0 (off) or at least data.block_size "
+              f"({self.data.block_size}): a document must fit in one packed row")
 
 
 class TrainingError(Exception):
@@ -199,7 +209,8 @@ def train(
     held_out = [t.to(device) for t in _held_out_documents(bins, config)]  # moved once
     alarm = CollapseAlarm(config.monitor, config.model.dim)
     end = min(stop_at or config.train.max_steps, config.train.max_steps)
-    stream = BatchStream(loader, sampler, pin=device.type == "cuda")
+    stream = BatchStream(loader, sampler, lambda batch: step_parts(batch, config, world),
+                         pin=device.type == "cuda")
     save = lambda name: _save(run_dir / name, model, optimizer, stream, step, best_val, config,
                               world)
     if world.is_main and not resume:
@@ -216,9 +227,9 @@ def train(
         with stop:
             while step < end and not stop.requested:
                 schedule.apply(optimizer, step)
-                batch, n_tokens = stream.next()
-                step_loss = optimizer_step(network, model, optimizer, batch, world, config,
-                                           device, autocast)
+                (parts, total_targets), n_tokens = stream.next()
+                step_loss = optimizer_step(network, model, optimizer, parts, total_targets,
+                                           world, device, autocast, config.optim.grad_clip)
                 model.update_target(schedule.momentum(step))
                 first_bad_step = torch.where(
                     ~torch.isfinite(step_loss) & (first_bad_step < 0), step, first_bad_step)
@@ -293,37 +304,52 @@ def build_step_parts(config: RunConfig, device: torch.device) -> tuple[
     return model, optimizer, schedule, sampler, autocast
 
 
-def optimizer_step(network, model: JEPA, optimizer, batch: MaskedBatch, world: Distributed,
-                   config: RunConfig, device, autocast) -> torch.Tensor:
-    """Forward and backward over this rank's micro-batches, clip, step. Returns the mean loss
-    over the whole global batch (this rank's part of it; ``_global_mean`` adds the rest).
-    Nothing here waits for the device: no ``.item()``, no pageable copies."""
+def step_parts(batch: MaskedBatch, config: RunConfig, world: Distributed
+               ) -> tuple[list[MaskedBatch | PackedBatch], int]:
+    """This rank's micro-batches of a global batch, packed when ``train.pack_length`` asks,
+    and the number of targets in the whole global batch. Made on the host, ahead of the step.
+
+    Every rank holds the global batch's masks (index tensors: small), so it knows the global
+    number of targets and normalizes by it: gradients equal one process on the whole batch.
+    """
     accum = config.train.grad_accum
-    # Every rank holds the global batch's masks (index tensors: small), so it knows the global
-    # number of targets and normalizes by it: gradients equal one process on the whole batch.
-    batch = batch.to(device, non_blocking=True)
-    total_targets = batch.target_valid.sum().clamp(min=1)
+    parts = [batch.part(world.rank * accum + micro, world.world_size * accum)
+             for micro in range(accum)]
+    if config.train.pack_length:
+        parts = [pack(part, config.train.pack_length) for part in parts]
+    return parts, int(batch.target_valid.sum())
+
+
+def optimizer_step(network, model: JEPA, optimizer, parts: list[MaskedBatch | PackedBatch],
+                   total_targets: int, world: Distributed, device, autocast,
+                   grad_clip: float) -> torch.Tensor:
+    """Forward and backward over this rank's micro-batches (``step_parts``), clip, step.
+    Returns the mean loss over the whole global batch (this rank's part of it;
+    ``_global_mean`` adds the rest). Nothing here waits for the device: no ``.item()``, no
+    pageable copies."""
+    n_parts = world.world_size * len(parts)
     step_loss = torch.zeros((), device=device)
-    for micro in range(accum):
-        part = batch.part(world.rank * accum + micro, world.world_size * accum)
-        sync = micro == accum - 1 or world.world_size == 1
+    for micro, part in enumerate(parts):
+        part = part.to(device, non_blocking=True)
+        sync = micro == len(parts) - 1 or world.world_size == 1
         with nullcontext() if sync else network.no_sync():  # all-reduce once, at the end
             with autocast:
                 loss_sum, _, regularizer = network(part)
-            loss = loss_sum / total_targets
+            loss = loss_sum / max(total_targets, 1)
             # the regularizer is a mean over each part: average it over all parts
-            regularized = loss + regularizer / (world.world_size * accum)
+            regularized = loss + regularizer / n_parts
             (regularized * world.world_size).backward()  # DDP averages over ranks; undo it
         step_loss += loss.detach()
-    if config.optim.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return step_loss
 
 
 @torch.no_grad()
-def evaluate(model: JEPA, batches: list[MaskedBatch], device, autocast=None) -> float:
+def evaluate(model: JEPA, batches: list[MaskedBatch | PackedBatch], device,
+             autocast=None) -> float:
     """Mean loss over fixed validation batches."""
     autocast = autocast or nullcontext()
     total, count = torch.zeros((), device=device), torch.zeros((), device=device)
@@ -335,12 +361,17 @@ def evaluate(model: JEPA, batches: list[MaskedBatch], device, autocast=None) -> 
     return float(total / count.clamp(min=1))
 
 
-def _validation_batches(bins: data.TokenBins, config: RunConfig) -> list[MaskedBatch]:
-    """The same validation batches at every evaluation, from a seed of their own."""
+def _validation_batches(bins: data.TokenBins, config: RunConfig
+                        ) -> list[MaskedBatch | PackedBatch]:
+    """The same validation batches at every evaluation, from a seed of their own (laid out as
+    the training batches are, so a compiled run sees the shapes it already knows)."""
     loader = _validation_loader(bins, config, config.data.batch_size)
     sampler = MaskSampler(config.masking, seed=config.train.seed + 1,
                           pad_multiple=config.train.pad_multiple)
-    return [sampler(*loader.next_batch()) for _ in range(config.train.eval_batches)]
+    batches = [sampler(*loader.next_batch()) for _ in range(config.train.eval_batches)]
+    if config.train.pack_length:
+        batches = [pack(batch, config.train.pack_length) for batch in batches]
+    return batches
 
 
 def resolve_model(config: RunConfig, device: torch.device, vocab_size: int) -> ModelConfig:
@@ -354,10 +385,14 @@ def resolve_model(config: RunConfig, device: torch.device, vocab_size: int) -> M
 
 
 def compile_networks(model: JEPA) -> None:
-    """torch.compile the three networks in place (state dict keys unchanged). Static shapes:
-    with ``train.pad_multiple`` the widths come in a handful of buckets, each compiled once."""
+    """torch.compile the three networks in place (state dict keys unchanged). Padded widths
+    come in a handful of buckets (``train.pad_multiple``); packed rows are ``pack_length``
+    wide and only their number varies, which the compiler turns into a dynamic size after the
+    first change (one recompile)."""
     for module in (model.context_encoder, model.target_encoder, model.predictor):
-        module.compile(dynamic=False)
+        module.compile()
+    # the packed predictor is a second entry point of the same weights
+    model.predictor.forward_packed = torch.compile(model.predictor.forward_packed)
 
 
 def _held_out_documents(bins: data.TokenBins, config: RunConfig):
@@ -388,13 +423,15 @@ def _global_mean(step_loss: torch.Tensor, world: Distributed) -> float:
 
 
 class BatchStream:
-    """Masked batches made ahead in a background thread, so masking and pinning overlap the
-    device's work. The state it reports (loader position, sampler generator) is that of the
-    last batch handed out, not of the ones made ahead: checkpoints resume exactly."""
+    """Batches made ahead in a background thread — drawn, masked, split into this rank's parts
+    (``prepare``), pinned — so that work overlaps the device's. The state it reports (loader
+    position, sampler generator) is that of the last batch handed out, not of the ones made
+    ahead: checkpoints resume exactly."""
 
-    def __init__(self, loader: data.DocumentLoader, sampler: MaskSampler, pin: bool = False,
+    def __init__(self, loader: data.DocumentLoader, sampler: MaskSampler,
+                 prepare: Callable[[MaskedBatch], tuple[list, int]], pin: bool = False,
                  ahead: int = 2):
-        self.loader, self.sampler, self.pin = loader, sampler, pin
+        self.loader, self.sampler, self.prepare, self.pin = loader, sampler, prepare, pin
         self.loader_position, self.sampler_state = loader.position, sampler.state_dict()
         self._queue: queue.Queue = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
@@ -405,10 +442,10 @@ class BatchStream:
         try:
             while not self._stop.is_set():
                 tokens, lengths = self.loader.next_batch()
-                batch = self.sampler(tokens, lengths)
+                parts, total_targets = self.prepare(self.sampler(tokens, lengths))
                 if self.pin:
-                    batch = batch.pin_memory()
-                item = (batch, int(lengths.sum()), self.loader.position,
+                    parts = [part.pin_memory() for part in parts]
+                item = ((parts, total_targets), int(lengths.sum()), self.loader.position,
                         self.sampler.state_dict())
                 while not self._stop.is_set():
                     try:
@@ -419,8 +456,8 @@ class BatchStream:
         except BaseException as e:  # surfaces in next(), on the training thread
             self._queue.put(e)
 
-    def next(self) -> tuple[MaskedBatch, int]:
-        """The next batch and its number of input tokens."""
+    def next(self) -> tuple[tuple[list, int], int]:
+        """The next batch as ``prepare`` made it, and its number of input tokens."""
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item

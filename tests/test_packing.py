@@ -1,0 +1,120 @@
+"""Packing: every token laid out once, rows never shared across a sequence boundary, and the
+same loss, gradients and regularizers as the padded layout."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from tjepa import train
+from tjepa.jepa import JEPA, OptimConfig
+from tjepa.masking import MaskingConfig, MaskSampler
+from tjepa.model import ModelConfig
+from tjepa.packing import first_fit, pack, padding_share
+
+CONFIG = ModelConfig(vocab_size=50, dim=32, depth=2, heads=2, predictor_dim=16,
+                     predictor_depth=2, predictor_heads=2)
+LENGTHS = torch.tensor([64, 57, 31, 12, 64, 40, 9, 50])
+
+
+def masked_batch(seed=0, views=3):
+    sampler = MaskSampler(MaskingConfig("ul2", views=views), seed=seed, pad_multiple=16)
+    tokens = torch.randint(1, 50, (len(LENGTHS), 64), generator=torch.Generator().manual_seed(1))
+    tokens = tokens.masked_fill(torch.arange(64) >= LENGTHS[:, None], 0)
+    return sampler(tokens, LENGTHS)
+
+
+def test_first_fit_keeps_every_sequence_inside_one_row():
+    lengths = [120, 30, 128, 64, 64, 1, 100, 27]
+    row, offset, n_rows = first_fit(lengths, 128)
+    assert n_rows == 5  # 509 tokens: 4 rows cannot hold 128 + 120 + 100 + …
+    used = [[] for _ in range(n_rows)]
+    for length, r, o in zip(lengths, row, offset, strict=True):
+        assert o >= 0 and o + length <= 128
+        used[r].append((o, o + length))
+    for spans in used:  # no two sequences share a slot
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+def test_pack_lays_every_token_out_once_in_order():
+    batch = masked_batch()
+    packed = pack(batch, row_length=128)
+    for b, length in enumerate(LENGTHS.tolist()):
+        here = packed.document_sequence == b
+        assert int(here.sum()) == length
+        assert here.any(1).sum() == 1  # one row
+        assert torch.equal(packed.document_tokens[here], batch.tokens[b, :length])
+        assert torch.equal(packed.document_positions[here], torch.arange(length))
+    for v in range(len(batch.document)):
+        context = batch.context_positions[v][batch.context_valid[v]]
+        assert torch.equal(packed.context_positions[packed.context_sequence == v], context)
+        targets = batch.target_positions[v][batch.target_valid[v]]
+        mine = packed.predictor_sequence == v
+        assert torch.equal(packed.predictor_positions[mine], torch.cat([context, targets]))
+        # every target slot names the document slot it regresses
+        document_slot = packed.predictor_target[mine & packed.target_valid]
+        flat = packed.document_positions.flatten()
+        assert torch.equal(flat[document_slot], targets)
+    assert padding_share(packed) < 0.5 * padding_share(batch)
+
+
+def test_pack_refuses_rows_shorter_than_a_document():
+    with pytest.raises(ValueError, match="row_length 32 is shorter"):
+        pack(masked_batch(), row_length=32)
+
+
+def test_pack_length_shorter_than_the_block_is_a_config_error():
+    with pytest.raises(train.ConfigError, match="pack_length"):
+        train.load_config(None, ["train.pack_length=64", "data.block_size=128"])
+
+
+@pytest.mark.parametrize("anti_collapse", ["vicreg", "sigreg"])
+def test_packed_and_padded_batches_give_the_same_loss_and_gradients(anti_collapse):
+    torch.manual_seed(0)
+    model = JEPA(CONFIG, OptimConfig(anti_collapse=anti_collapse))
+    batch = masked_batch()
+    results, grads = [], []
+    for laid_out in (batch, pack(batch, row_length=128)):
+        model.zero_grad()
+        torch.manual_seed(1)  # SIGReg draws its directions
+        loss_sum, count, regularizer = model(laid_out)
+        (loss_sum / count + regularizer).backward()
+        results.append((float(loss_sum.detach()), int(count), float(regularizer.detach())))
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    (padded_loss, padded_count, padded_reg), (packed_loss, packed_count, packed_reg) = results
+    assert packed_count == padded_count
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+    assert packed_reg == pytest.approx(padded_reg, rel=1e-4)
+    assert padded_reg != 0
+    assert len(grads[0]) == len(grads[1])
+    for padded, packed in zip(*grads, strict=True):
+        assert torch.allclose(padded, packed, atol=1e-5, rtol=1e-3)
+
+
+def test_packed_flex_and_sdpa_attention_agree():
+    torch.manual_seed(0)
+    model = JEPA(CONFIG).eval()
+    packed = pack(masked_batch(seed=2), row_length=128)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # flex on CPU warns that it is unfused
+        sdpa = model.predict_packed(packed)
+        model.config.attention = "flex"
+        flex = model.predict_packed(packed)
+        model.config.attention = "sdpa"
+    valid = packed.target_valid
+    for a, b in zip(sdpa, flex, strict=True):
+        assert torch.allclose(a[valid], b[valid], atol=1e-5)
+
+
+def test_packed_training_logs_the_padded_runs_losses(tinytales_bins, tmp_path):
+    from tests.test_train import tiny
+
+    losses = {}
+    for length in (0, 192):
+        config = train.load_config(None, tiny(tinytales_bins, "train.max_steps=4",
+                                              f"train.pack_length={length}"))
+        losses[length] = train.train(config, tmp_path / str(length), progress=False)["losses"]
+    assert losses[192] == pytest.approx(losses[0], rel=1e-4)
