@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 
-from tjepa import train
+from tjepa import masking, train
 from tjepa.jepa import JEPA, OptimConfig
 from tjepa.masking import MaskingConfig, MaskSampler
-from tjepa.model import ModelConfig
+from tjepa.model import ModelConfig, attention_mask
 from tjepa.packing import first_fit, pack, padding_share
 
 CONFIG = ModelConfig(vocab_size=50, dim=32, depth=2, heads=2, predictor_dim=16,
@@ -19,11 +19,13 @@ CONFIG = ModelConfig(vocab_size=50, dim=32, depth=2, heads=2, predictor_dim=16,
 LENGTHS = torch.tensor([64, 57, 31, 12, 64, 40, 9, 50])
 
 
-def masked_batch(seed=0, views=3):
+def masked_batch(seed=0, views=3, lengths=LENGTHS):
     sampler = MaskSampler(MaskingConfig("ul2", views=views), seed=seed, pad_multiple=16)
-    tokens = torch.randint(1, 50, (len(LENGTHS), 64), generator=torch.Generator().manual_seed(1))
-    tokens = tokens.masked_fill(torch.arange(64) >= LENGTHS[:, None], 0)
-    return sampler(tokens, LENGTHS)
+    width = int(lengths.max())
+    tokens = torch.randint(1, 50, (len(lengths), width),
+                           generator=torch.Generator().manual_seed(1))
+    tokens = tokens.masked_fill(torch.arange(width) >= lengths[:, None], 0)
+    return sampler(tokens, lengths)
 
 
 def test_first_fit_keeps_every_sequence_inside_one_row():
@@ -95,9 +97,19 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(anti_collaps
 
 
 def test_packed_flex_and_sdpa_attention_agree():
+    # Rows of 4 blocks of 128 with sequences across block edges: the block mask read off the
+    # layout (model.packed_block_mask) must visit every block a query needs, and skip
+    # mask_mod only where every pair is allowed, or flex and SDPA would disagree.
     torch.manual_seed(0)
     model = JEPA(CONFIG).eval()
-    packed = pack(masked_batch(seed=2), row_length=128)
+    lengths = torch.tensor([300, 280, 140, 200, 90, 31])
+    packed = pack(masked_batch(seed=2, lengths=lengths), row_length=512)
+    with torch.no_grad():  # flex has no CPU backward: with gradients the CPU takes SDPA
+        mask = attention_mask(torch.where(packed.document_sequence >= 0, 0, -1), "flex",
+                              packed.document_sequence)
+    visited = mask.to_dense()  # (N, 1, 4, 4) block pairs
+    assert int(mask.full_kv_num_blocks.sum()) > 0  # some skip mask_mod,
+    assert int(visited.sum()) < visited.numel()  # some are skipped
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # flex on CPU warns that it is unfused
         sdpa = model.predict_packed(packed)
@@ -107,6 +119,35 @@ def test_packed_flex_and_sdpa_attention_agree():
     valid = packed.target_valid
     for a, b in zip(sdpa, flex, strict=True):
         assert torch.allclose(a[valid], b[valid], atol=1e-5)
+
+
+def _blocks(counts, indices):  # BlockMask (N, 1, nb) counts and (N, 1, nb, nb) indices → bool
+    nb = indices.shape[-1]
+    chosen = torch.arange(nb) < counts[..., None]
+    dense = torch.zeros(*indices.shape[:-1], nb, dtype=torch.bool)
+    return dense.scatter_(-1, indices.long(), chosen)[:, 0]
+
+
+@pytest.mark.parametrize("stream", ["document", "predictor"])
+def test_packed_block_mask_visits_what_the_rule_allows_and_skips_mask_mod_only_when_all_is(
+        stream):
+    # The CPU's flex_attention applies mask_mod everywhere, so it cannot catch a block wrongly
+    # marked full; this compares the blocks with the dense rule directly.
+    lengths = torch.tensor([300, 280, 140, 200, 90, 31])
+    packed = pack(masked_batch(seed=2, lengths=lengths), row_length=512)
+    sequence = getattr(packed, f"{stream}_sequence")
+    groups = packed.predictor_group if stream == "predictor" else torch.where(sequence >= 0, 0, -1)
+    with torch.no_grad():
+        mask = attention_mask(groups, "flex", sequence)
+    n, s = groups.shape
+    allowed = masking.attention_mask(groups, sequence)[:, 0].view(n, s // 128, 128, s // 128, 128)
+    any_allowed, all_allowed = allowed.any(4).any(2), allowed.all(4).all(2)  # (N, nb, nb)
+    partial = _blocks(mask.kv_num_blocks, mask.kv_indices)
+    full = _blocks(mask.full_kv_num_blocks, mask.full_kv_indices)
+    assert not (partial & full).any()
+    assert ((partial | full) >= any_allowed).all()  # every needed block is visited
+    assert (all_allowed >= full).all()  # mask_mod is skipped only where nothing is masked
+    assert full.any() and not (partial | full).all()
 
 
 def test_packed_training_logs_the_padded_runs_losses(tinytales_bins, tmp_path):

@@ -171,16 +171,54 @@ def attention_mask(groups: Tensor, backend: AttentionBackend = "sdpa",
     if backend == "sdpa":
         return masking.attention_mask(groups, sequence)
 
+    n, s = groups.shape
     if sequence is None:
         def mask_mod(b, h, q, k):
             return masking.may_attend(groups[b, q], groups[b, k], q == k)
-    else:  # packed rows are block diagonal: flex skips the blocks between sequences
-        def mask_mod(b, h, q, k):
-            same_sequence = sequence[b, q] == sequence[b, k]
-            return same_sequence & masking.may_attend(groups[b, q], groups[b, k], q == k)
 
-    n, s = groups.shape
-    return _create_block_mask(mask_mod, n, None, s, s, device=groups.device)
+        return _create_block_mask(mask_mod, n, None, s, s, device=groups.device)
+
+    def packed_mask_mod(b, h, q, k):
+        same_sequence = sequence[b, q] == sequence[b, k]
+        return same_sequence & masking.may_attend(groups[b, q], groups[b, k], q == k)
+
+    return packed_block_mask(groups, sequence, packed_mask_mod)
+
+
+def packed_block_mask(groups: Tensor, sequence: Tensor, mask_mod, block: int = 128) -> BlockMask:
+    """The flex block mask of packed rows (N, S), read off the layout instead of evaluating
+    ``mask_mod`` on every (query, key) pair as ``create_block_mask`` does.
+
+    Sequences lie in one piece each, so a block of 128 slots holds a run of consecutive
+    segments. A (query block, key block) pair is visited when the two runs overlap, or on the
+    diagonal (padding attends to itself); it needs no ``mask_mod`` ("full") when both blocks
+    are one and the same sequence without padding and the keys are all context. Plain tensor
+    ops: nothing to compile, and nothing to recompile when the number of rows changes.
+    """
+    n, s = sequence.shape
+    assert s % block == 0, f"packed rows of {s} slots do not split into blocks of {block}"
+    blocks = s // block
+    starts = torch.ones_like(sequence, dtype=torch.bool)
+    starts[:, 1:] = sequence[:, 1:] != sequence[:, :-1]
+    segment = starts.cumsum(1).view(n, blocks, block)  # increases along each row
+    valid = (sequence >= 0).view(n, blocks, block)
+    first = torch.where(valid, segment, s).amin(-1)  # (N, blocks); s: no real slot in it
+    last = torch.where(valid, segment, -1).amax(-1)
+    diagonal = torch.eye(blocks, dtype=torch.bool, device=sequence.device)
+    visit = (first[:, :, None] <= last[:, None, :]) & (first[:, None, :] <= last[:, :, None])
+    visit |= diagonal
+    one_sequence = (first == last) & valid.all(-1)
+    keys_context = (groups.view(n, blocks, block) == 0).all(-1)
+    full = (one_sequence[:, :, None] & one_sequence[:, None, :] & keys_context[:, None, :]
+            & (first[:, :, None] == first[:, None, :]))
+
+    def kv_blocks(chosen: Tensor) -> tuple[Tensor, Tensor]:  # (N, 1, nb), (N, 1, nb, nb)
+        counts = chosen.sum(-1, dtype=torch.int32)
+        indices = torch.argsort((~chosen).to(torch.uint8), dim=-1, stable=True).to(torch.int32)
+        return counts[:, None], indices[:, None]
+
+    return BlockMask.from_kv_blocks(*kv_blocks(visit & ~full), *kv_blocks(full),
+                                    BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(s, s))
 
 
 def _create_block_mask(*args, **kwargs) -> BlockMask:
