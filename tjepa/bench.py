@@ -62,10 +62,12 @@ def bench_masking(batch: int, views: int, mixture: str = "seed", block_size: int
 def bench_step(config_path: str | None = None, device: str = "auto", views: int | None = None,
                batch: int | None = None, compile: bool | None = None, steps: int = 20,
                warmup: int = 5, vocab_size: int = 8192,
-               overrides: list[str] | None = None) -> dict:
+               overrides: list[str] | None = None, profile: int = 0) -> dict:
     """The real training step — masking, target encoder, context encoder, predictor, loss,
     backward, AdamW, EMA — timed on synthetic TinyStories-like documents after warm-up.
-    ``overrides`` are ``SECTION.KEY=VALUE`` strings, as ``python -m tjepa.train --set``."""
+    ``overrides`` are ``SECTION.KEY=VALUE`` strings, as ``python -m tjepa.train --set``.
+    ``profile`` > 0 profiles that many more steps after timing and prints the operators that
+    took the most device (or CPU) time, to stderr."""
     from tjepa.train import (
         Distributed,
         build_step_parts,
@@ -118,6 +120,8 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         one_step(warmup + i)
     sync()
     seconds = (time.perf_counter() - started) / steps
+    if profile:
+        _print_profile(lambda i: one_step(warmup + steps + i), profile, device)
 
     tokens_per_step = sum(int(d[1].sum()) for d in docs) / len(docs)
     masked = [sampler(*d) for d in docs]  # drawn as the timed batches were, not the same ones
@@ -165,6 +169,22 @@ def step_flops(config, batch: int, tokens_per_step: float, masked: list[MaskedBa
     return target + ctx + pred
 
 
+def _print_profile(step, n_steps: int, device: torch.device, rows: int = 25) -> None:
+    """The operators that took the most time over ``n_steps`` steps, to stderr."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    with profile(activities=activities) as prof:
+        for i in range(n_steps):
+            step(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60),
+          file=sys.stderr)
+
+
 def _peak_flops(device: torch.device) -> float | None:
     """Dense bf16 peak of the card, for MFU; None on CPU or an unknown card."""
     if device.type != "cuda":
@@ -197,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     step.add_argument("--warmup", type=int, default=5)
     step.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="override a config value, e.g. --set train.pad_multiple=64")
+    step.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                      help="profile this many more steps; print the costliest operators")
     step.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -206,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
               f"x {args.views} views (median of {args.iters})")
     if args.what == "step":
         result = bench_step(args.config, args.device, args.views, args.batch, args.compile,
-                            args.steps, args.warmup, overrides=args.set)
+                            args.steps, args.warmup, overrides=args.set,
+                            profile=args.profile)
         print(f"step: {result['step_ms']} ms, {result['tokens_per_s']:,.0f} input tokens/s, "
               f"{result['tflops']} TFLOP/s on {result['device']} (batch {result['batch']}, "
               f"{result['views']} views, compile {result['compile']}, "

@@ -385,14 +385,21 @@ def resolve_model(config: RunConfig, device: torch.device, vocab_size: int) -> M
 
 
 def compile_networks(model: JEPA) -> None:
-    """torch.compile the three networks in place (state dict keys unchanged). Padded widths
-    come in a handful of buckets (``train.pad_multiple``); packed rows are ``pack_length``
-    wide and only their number varies, which the compiler turns into a dynamic size after the
-    first change (one recompile)."""
+    """torch.compile the transformer blocks in place (state dict keys unchanged).
+
+    Regional compilation: the blocks of a network share one compiled graph (the weights are
+    its inputs), so compiling costs one block per network shape and grad mode, not a whole
+    network, and so does each recompile. Padded widths come in a handful of buckets
+    (``train.pad_multiple``); packed rows are ``pack_length`` wide and only their number
+    varies, which the compiler turns into a dynamic size after the first change.
+    """
+    # One Block graph serves every variant: encoder and predictor widths, grad on and off
+    # (target encoder, evaluation), trainable and frozen weights, padded and packed shapes.
+    # That is more than dynamo's default of 8 recompiles before it falls back to eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     for module in (model.context_encoder, model.target_encoder, model.predictor):
-        module.compile()
-    # the packed predictor is a second entry point of the same weights
-    model.predictor.forward_packed = torch.compile(model.predictor.forward_packed)
+        for block in module.transformer.blocks:
+            block.compile()
 
 
 def _held_out_documents(bins: data.TokenBins, config: RunConfig):
