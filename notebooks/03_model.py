@@ -113,3 +113,26 @@ assert torch.allclose(targets[valid], by_hand_targets[valid], atol=1e-5)
 trivial = prediction_loss(torch.zeros_like(targets), targets, "smooth_l1")[valid].mean()
 print(f"constant prediction: {float(trivial):.3f}; untrained predictor: {float(by_hand):.3f}")
 assert 0.35 < float(trivial) < 0.5
+
+# %% [markdown]
+# ## The same step with no padding
+# Every view above is a row padded to the widest view, so many of the slots the networks
+# compute on are padding. `tjepa.packing.pack` lays each pass out in rows of `L` slots with
+# the sequences end to end — documents for the target encoder, contexts for the context
+# encoder, context-then-targets for the predictor — and the attention mask keeps the
+# sequences apart. The loss is the same; the work is not (`train.pack_length` turns it on).
+
+# %%
+from tjepa.packing import pack, padding_share
+
+packed = pack(batch, row_length=256)
+print("document rows ", tuple(packed.document_tokens.shape), " (Rd, L)")
+print("context rows  ", tuple(packed.context_tokens.shape), " (Rc, L)")
+print("predictor rows", tuple(packed.predictor_group.shape), " (Rp, L)")
+print(f"padding: {padding_share(batch):.0%} of the slots padded, {padding_share(packed):.0%} "
+      "packed")
+with torch.no_grad():
+    packed_sum, packed_n, _ = model(packed)
+print(f"loss padded {float(loss_sum / n_targets):.6f}   packed {float(packed_sum / packed_n):.6f}")
+assert torch.allclose(loss_sum / n_targets, packed_sum / packed_n, atol=1e-5)
+assert padding_share(packed) < padding_share(batch)

@@ -8,23 +8,29 @@ import torch
 
 from tjepa import bench
 from tjepa.masking import MaskingConfig, MaskSampler, forecast_batch
+from tjepa.packing import padding_share
 
 TINY = ["model.dim=32", "model.depth=1", "model.heads=2", "model.predictor_dim=16",
         "model.predictor_depth=1", "model.predictor_heads=2", "data.block_size=64"]
 
 
 def test_step_bench_prints_one_json_line_with_the_reported_fields(capsys):
-    args = ["step", "--device", "cpu", "--batch", "4", "--views", "2", "--steps", "2",
-            "--warmup", "1", "--no-compile", "--json"]
-    for override in [*TINY, "train.pad_multiple=32"]:
-        args += ["--set", override]
-    assert bench.main(args) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["device"] == "cpu" and result["mfu"] is None and result["peak_mem_gib"] is None
-    assert (result["batch"], result["views"], result["pad_multiple"]) == (4, 2, 32)
-    assert result["tokens_per_s"] > 0 and result["step_ms"] > 0
-    assert isinstance(result["tflops"], float)  # rounds to 0.0 for a model this small
-    assert 0 < result["padding"] < 1
+    paddings = {}
+    for pack_length in (0, 128):
+        args = ["step", "--device", "cpu", "--batch", "4", "--views", "2", "--steps", "2",
+                "--warmup", "1", "--no-compile", "--json"]
+        for override in [*TINY, "train.pad_multiple=32", f"train.pack_length={pack_length}"]:
+            args += ["--set", override]
+        assert bench.main(args) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["device"] == "cpu" and result["mfu"] is None
+        assert result["peak_mem_gib"] is None
+        assert (result["batch"], result["views"], result["pad_multiple"], result["pack_length"]
+                ) == (4, 2, 32, pack_length)
+        assert result["tokens_per_s"] > 0 and result["step_ms"] > 0
+        assert isinstance(result["tflops"], float)  # rounds to 0.0 for a model this small
+        paddings[pack_length] = result["padding"]
+    assert 0 < paddings[128] < paddings[0] < 1
 
 
 def test_padding_share_counts_the_slots_rounding_adds():
@@ -32,11 +38,11 @@ def test_padding_share_counts_the_slots_rounding_adds():
     # targets 6 and 3 (P = 6). Slots: 2·10 + 2·(2·4) + 2·6 = 48; real: 16 + 2·7 + 9 = 39.
     tokens = torch.arange(1, 21).view(2, 10)
     batch = forecast_batch(tokens, torch.tensor([10, 6]), torch.tensor([4, 3]), pad_multiple=1)
-    assert abs(bench.padding_share(batch) - 9 / 48) < 1e-9
+    assert abs(padding_share(batch) - 9 / 48) < 1e-9
 
     generator = torch.Generator().manual_seed(0)
     tokens, lengths = bench.synthetic_documents(16, 256, 100, generator)
-    shares = {multiple: bench.padding_share(
+    shares = {multiple: padding_share(
         MaskSampler(MaskingConfig("ul2", views=3), seed=0, pad_multiple=multiple)(tokens, lengths))
         for multiple in (1, 128)}
     assert shares[1] < shares[128]
