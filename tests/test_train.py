@@ -163,3 +163,36 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tinytales_
     b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+@pytest.mark.parametrize("scope", ["block", "network"])
+def test_compiled_networks_give_the_eager_loss_and_gradients(scope):
+    # Two batches, the second packed into a different number of rows (a recompile).
+    from tjepa.masking import MaskingConfig, MaskSampler
+    from tjepa.packing import pack
+
+    config = train.load_config(None, [*TINY, "data.block_size=64", "masking.views=2",
+                                      "model.vocab_size=50", f'train.compile_scope="{scope}"'])
+    sampler = MaskSampler(MaskingConfig("ul2", views=2), seed=0)
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for n_docs in (4, 9):
+        lengths = torch.randint(20, 65, (n_docs,), generator=generator)
+        tokens = torch.randint(1, 50, (n_docs, 64), generator=generator)
+        batches.append(pack(sampler(tokens, lengths), row_length=128))
+    assert batches[0].context_tokens.shape[0] != batches[1].context_tokens.shape[0]
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = train.JEPA(config.model, config.optim)
+        if compiled:
+            train.compile_networks(model, scope)
+        for batch in batches:
+            loss_sum, count, _ = model(batch)
+            (loss_sum / count).backward()
+        results.append((float(loss_sum.detach() / count),
+                        [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
+    for eager, compiled in zip(eager_grads, compiled_grads, strict=True):
+        assert torch.allclose(eager, compiled, atol=1e-5, rtol=1e-3)
