@@ -9,7 +9,9 @@ the distance between positions.
 Who may attend to whom comes from ``tjepa.masking`` as one integer *group* per token (0 context,
 ``span + 1`` target, -1 padding). ``attention_mask`` builds it once per batch, on the device, as
 either a dense boolean mask for SDPA (every device) or a ``flex_attention`` block mask (CUDA,
-compiled: it skips fully masked blocks and never materializes the scores).
+compiled: it skips fully masked blocks and never materializes the scores). Rows that hold
+several sequences end to end (``tjepa.packing``) add a sequence id per token, and their block
+mask is read off the layout (``packed_block_mask``).
 """
 
 from __future__ import annotations

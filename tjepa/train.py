@@ -70,7 +70,7 @@ class TrainConfig:
     # what torch.compile sees: "block" (one graph shared by all blocks: compiles in about half
     # the time) or "network" (each whole network: fuses across blocks, compiles longer)
     compile_scope: Literal["block", "network"] = "block"
-    pad_multiple: int = 1  # round packed widths up to this (128 with compile: few shapes)
+    pad_multiple: int = 1  # round padded widths up to this (128 with compile: few shapes)
     # > 0: lay every pass out in rows of this many slots, sequences end to end, no padding
     # (tjepa.packing); at least data.block_size. 0: one padded row per document or view.
     pack_length: int = 0
