@@ -221,7 +221,9 @@ def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
     z = x @ F.normalize(a, dim=0)  # (N, M)
     t = torch.linspace(-5, 5, knots, device=x.device)
     zt = z[:, :, None] * t  # (N, M, K)
-    real, imag = _mean(zt.cos(), w[:, :, None], n), _mean(zt.sin(), w[:, :, None], n)  # (M, K)
+    # weighted means over N as one matrix-vector product each: no (N, M, K) product to hold
+    real = torch.einsum("n,nmk->mk", w[:, 0], zt.cos()) / n.clamp(min=1)  # (M, K)
+    imag = torch.einsum("n,nmk->mk", w[:, 0], zt.sin()) / n.clamp(min=1)
     gauss = torch.exp(-t.square() / 2)
     integrand = ((real - gauss).square() + imag.square()) * gauss
     return n * torch.trapezoid(integrand, t, dim=-1).mean()
