@@ -98,8 +98,9 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(anti_collaps
 
 def test_packed_flex_and_sdpa_attention_agree():
     # Rows of 4 blocks of 128 with sequences across block edges: the block mask read off the
-    # layout (model.packed_block_mask) must visit every block a query needs, and skip
-    # mask_mod only where every pair is allowed, or flex and SDPA would disagree.
+    # layout (model.packed_block_mask) must visit every block a query needs, or flex and SDPA
+    # would disagree. (The CPU's flex applies mask_mod in full blocks too; the next test checks
+    # those.)
     torch.manual_seed(0)
     model = JEPA(CONFIG).eval()
     lengths = torch.tensor([300, 280, 140, 200, 90, 31])

@@ -104,8 +104,7 @@ class JEPA(nn.Module):
         """Predictions and targets at the packed target positions: both (V, P, D) (and the
         context embeddings (V, C, D) when ``return_context``)."""
         backend = self.config.attention
-        target_grad = not (self.uses_ema or self.objective.target_stop_gradient)
-        with torch.set_grad_enabled(target_grad and torch.is_grad_enabled()):
+        with self._target_grad():
             targets = self.target_embeddings(batch.tokens, batch.lengths)  # (B, T, D)
             targets = F.layer_norm(targets, targets.shape[-1:])
             targets = targets[batch.document[:, None], batch.target_positions]  # (V, P, D)
@@ -122,8 +121,7 @@ class JEPA(nn.Module):
         """``predict`` on packed rows: predictions and targets (Rp, L, D) at every predictor
         slot (meaningful where ``batch.target_valid``), and the context embeddings (Rc, L, D)."""
         backend = self.config.attention
-        target_grad = not (self.uses_ema or self.objective.target_stop_gradient)
-        with torch.set_grad_enabled(target_grad and torch.is_grad_enabled()):
+        with self._target_grad():
             document_groups = torch.where(batch.document_sequence >= 0, 0, -1)
             targets = self.target_encoder(
                 batch.document_tokens, batch.document_positions,
@@ -140,6 +138,11 @@ class JEPA(nn.Module):
             batch.predictor_positions,
             attention_mask(batch.predictor_group, backend, batch.predictor_sequence))
         return (predictions, targets, context) if return_context else (predictions, targets)
+
+    def _target_grad(self) -> torch.set_grad_enabled:
+        """Gradients through the targets only for SIGReg without stop-gradient."""
+        target_grad = not (self.uses_ema or self.objective.target_stop_gradient)
+        return torch.set_grad_enabled(target_grad and torch.is_grad_enabled())
 
     def regularizer(self, embeddings: Tensor, valid: Tensor) -> Tensor:
         """The anti-collapse term on the context embeddings (..., D) where ``valid`` (...)."""

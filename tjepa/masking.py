@@ -157,11 +157,15 @@ class MaskedBatch:
         return len(self.document) // len(self.lengths)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskedBatch:
-        return MaskedBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                              for f in fields(self)})
+        return map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> MaskedBatch:
-        return MaskedBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+        return map_tensors(self, Tensor.pin_memory)
+
+
+def map_tensors(batch, fn):
+    """A batch dataclass of the same type with ``fn`` applied to each of its tensors."""
+    return type(batch)(**{f.name: fn(getattr(batch, f.name)) for f in fields(batch)})
 
 
 class MaskSampler:
@@ -297,11 +301,15 @@ def attention_groups(batch: MaskedBatch) -> Tensor:
     return torch.cat([context, targets], dim=1)
 
 
-def may_attend(query_group: Tensor, key_group: Tensor, same_token: Tensor) -> Tensor:
-    """The rule, elementwise (broadcasting for SDPA masks, scalar-wise in a flex mask_mod)."""
+def may_attend(query_group: Tensor, key_group: Tensor, same_token: Tensor,
+               same_sequence: Tensor | bool = True) -> Tensor:
+    """The rule, elementwise (broadcasting for SDPA masks, scalar-wise in a flex mask_mod).
+    ``same_sequence``: whether the two tokens belong to one sequence, for rows that hold
+    several end to end (``tjepa.packing``); nothing crosses between sequences."""
     shared = (key_group == 0) & (query_group >= 0)  # everybody sees the context
     own_span = (query_group == key_group) & (query_group > 0)
-    return shared | own_span | same_token  # padding sees itself, so no softmax row is empty
+    allowed = shared | own_span | same_token  # padding sees itself, so no softmax row is empty
+    return allowed & same_sequence
 
 
 def attention_mask(groups: Tensor, sequence: Tensor | None = None) -> Tensor:
@@ -311,9 +319,9 @@ def attention_mask(groups: Tensor, sequence: Tensor | None = None) -> Tensor:
     tokens then attend within their own sequence only.
     """
     index = torch.arange(groups.shape[1], device=groups.device)
-    allowed = may_attend(groups[:, :, None], groups[:, None, :], index[:, None] == index[None, :])
-    if sequence is not None:
-        allowed &= sequence[:, :, None] == sequence[:, None, :]
+    same_sequence = True if sequence is None else sequence[:, :, None] == sequence[:, None, :]
+    allowed = may_attend(groups[:, :, None], groups[:, None, :], index[:, None] == index[None, :],
+                         same_sequence)
     return allowed[:, None]
 
 

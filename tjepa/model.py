@@ -181,8 +181,8 @@ def attention_mask(groups: Tensor, backend: AttentionBackend = "sdpa",
         return _create_block_mask(mask_mod, n, None, s, s, device=groups.device)
 
     def packed_mask_mod(b, h, q, k):
-        same_sequence = sequence[b, q] == sequence[b, k]
-        return same_sequence & masking.may_attend(groups[b, q], groups[b, k], q == k)
+        return masking.may_attend(groups[b, q], groups[b, k], q == k,
+                                  sequence[b, q] == sequence[b, k])
 
     return packed_block_mask(groups, sequence, packed_mask_mod)
 

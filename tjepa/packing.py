@@ -20,12 +20,12 @@ a few hundred numbers), in the data thread, so the step itself never waits for i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from tjepa.masking import MaskedBatch, attention_groups
+from tjepa.masking import MaskedBatch, attention_groups, map_tensors
 
 
 @dataclass
@@ -54,11 +54,10 @@ class PackedBatch:
         return self.context_sequence >= 0
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PackedBatch:
-        return PackedBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                              for f in fields(self)})
+        return map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> PackedBatch:
-        return PackedBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+        return map_tensors(self, Tensor.pin_memory)
 
 
 def pack(batch: MaskedBatch, row_length: int) -> PackedBatch:
