@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
-from tjepa import bench
+from tjepa import bench, train
 from tjepa.masking import MaskingConfig, MaskSampler, forecast_batch
 from tjepa.packing import padding_share
 
@@ -31,6 +32,34 @@ def test_step_bench_prints_one_json_line_with_the_reported_fields(capsys):
         assert isinstance(result["tflops"], float)  # rounds to 0.0 for a model this small
         paddings[pack_length] = result["padding"]
     assert 0 < paddings[128] < paddings[0] < 1
+
+
+def test_step_bench_sweeps_batch_sizes_with_one_model(capsys, monkeypatch):
+    built, build = [], train.build_step_parts
+
+    def counting_build(*args):
+        built.append(args)
+        return build(*args)
+
+    monkeypatch.setattr(train, "build_step_parts", counting_build)
+    args = ["step", "--device", "cpu", "--batch", "2,4", "--views", "1", "--steps", "1",
+            "--warmup", "1", "--no-compile", "--json"]
+    for override in TINY:
+        args += ["--set", override]
+    assert bench.main(args) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+             if line.startswith("{")]
+    assert [line["batch"] for line in lines] == [2, 4]
+    assert all(line["host_syncs"] is None for line in lines)  # counted on CUDA only
+    assert len(built) == 1
+
+
+def test_step_bench_refuses_a_malformed_batch_list(capsys):
+    for text in ("64,", "0", "a,b"):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(["step", "--batch", text])
+        assert stop.value.code == 2
+        assert "expected positive batch sizes" in capsys.readouterr().err
 
 
 def test_padding_share_counts_the_slots_rounding_adds():

@@ -2,9 +2,11 @@
 
     python -m tjepa.bench masking --batch 64 --views 3 --json
     python -m tjepa.bench step --config configs/tinystories.toml --views 3 --batch 64 --json
-    python -m tjepa.bench step --config configs/tinystories.toml --set train.pack_length=0
+    python -m tjepa.bench step --config configs/tinystories.toml --views 3 --compile \
+        --set train.pack_length=2048 --batch 64,128,192 --max-memory-gib 24 --json
 
-Each prints a human line, then (with ``--json``) one JSON object as its last line.
+Each prints a human line per measurement and (with ``--json``) one JSON object after it: a
+sweep over batch sizes prints one per batch, the last line being the last batch measured.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
@@ -60,14 +64,22 @@ def bench_masking(batch: int, views: int, mixture: str = "seed", block_size: int
 
 
 def bench_step(config_path: str | None = None, device: str = "auto", views: int | None = None,
-               batch: int | None = None, compile: bool | None = None, steps: int = 20,
+               batches: Sequence[int] = (), compile: bool | None = None, steps: int = 20,
                warmup: int = 5, vocab_size: int = 8192,
-               overrides: list[str] | None = None, profile: int = 0) -> dict:
+               overrides: list[str] | None = None, profile: int = 0,
+               max_memory_gib: float | None = None) -> Iterator[dict]:
     """The real training step — masking, target encoder, context encoder, predictor, loss,
-    backward, AdamW, EMA — timed on synthetic TinyStories-like documents after warm-up.
+    backward, AdamW, EMA — timed on synthetic TinyStories-like documents after warm-up: one
+    result per batch size in ``batches`` (the config's batch when empty), yielded as each is
+    measured. The model is built and compiled once for all of them, so a sweep pays the
+    compiler once (plus a recompile where a shape first varies).
+
     ``overrides`` are ``SECTION.KEY=VALUE`` strings, as ``python -m tjepa.train --set``.
-    ``profile`` > 0 profiles that many more steps after timing and prints the operators that
-    took the most device (or CPU) time, to stderr."""
+    ``profile`` > 0 profiles that many more steps at the first batch size and prints the
+    operators that took the most device (or CPU) time, to stderr. On CUDA the sweep stops
+    after the first batch whose peak memory passes ``max_memory_gib``, or that runs out of
+    memory (reported on stderr): larger batches need more.
+    """
     from tjepa.train import (
         Distributed,
         build_step_parts,
@@ -80,8 +92,6 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     overrides = [*(overrides or []), f"train.max_steps={steps + warmup}"]
     if views:
         overrides.append(f"masking.views={views}")
-    if batch:
-        overrides.append(f"data.batch_size={batch}")
     if compile is not None:
         overrides.append(f"train.compile={'true' if compile else 'false'}")
     config = load_config(config_path, overrides)
@@ -90,13 +100,10 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     model_config = resolve_model(config, device, config.model.vocab_size or vocab_size)
     config = replace(config, model=model_config)
     model, optimizer, schedule, sampler, autocast = build_step_parts(config, device)
-    generator = torch.Generator().manual_seed(0)
-    block = config.data.block_size
-    docs = [synthetic_documents(config.data.batch_size, block, model_config.vocab_size,
-                                generator) for _ in range(4)]
     pinned = device.type == "cuda"
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def one_step(i: int) -> None:
+    def one_step(i: int, docs: list[tuple[torch.Tensor, torch.Tensor]], config) -> None:
         # masking and packing run inline here (training makes them ahead, in a thread); the
         # host still works while the device runs the step before, which nothing waits for
         tokens, lengths = docs[i % len(docs)]
@@ -107,47 +114,88 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
                        autocast, config.optim.grad_clip)
         model.update_target(schedule.momentum(i))
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    started = time.perf_counter()
-    for i in tqdm(range(warmup), desc="warm-up (compiles)", leave=False):
-        one_step(i)
-    sync()
-    warmup_s = time.perf_counter() - started
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for i in tqdm(range(steps), desc="step", leave=False):
-        one_step(warmup + i)
-    sync()
-    seconds = (time.perf_counter() - started) / steps
-    if profile:
-        _print_profile(lambda i: one_step(warmup + steps + i), profile, device)
+    for n, batch in enumerate(batches or [config.data.batch_size]):
+        config = replace(config, data=replace(config.data, batch_size=batch))
+        generator = torch.Generator().manual_seed(0)
+        docs = [synthetic_documents(batch, config.data.block_size, model_config.vocab_size,
+                                    generator) for _ in range(4)]
+        step = partial(one_step, docs=docs, config=config)
+        try:
+            started = time.perf_counter()
+            for i in tqdm(range(warmup), desc=f"batch {batch}: warm-up (compiles)",
+                          leave=False):
+                step(i)
+            sync()
+            warmup_s = time.perf_counter() - started
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            started = time.perf_counter()
+            for i in tqdm(range(steps), desc=f"batch {batch}: step", leave=False):
+                step(warmup + i)
+            sync()
+            seconds = (time.perf_counter() - started) / steps
+        except torch.OutOfMemoryError:
+            print(f"batch {batch}: out of memory; the sweep stops here", file=sys.stderr)
+            return
+        peak_gib = (torch.cuda.max_memory_allocated(device) / 2**30
+                    if device.type == "cuda" else None)
+        host_syncs = _count_host_syncs(partial(step, 0)) if device.type == "cuda" else None
+        if profile and n == 0:
+            _print_profile(step, profile, device, first=warmup + steps)
 
-    tokens_per_step = sum(int(d[1].sum()) for d in docs) / len(docs)
-    masked = [sampler(*d) for d in docs]  # drawn as the timed batches were, not the same ones
-    laid_out = [step_parts(m, config, Distributed())[0][0] for m in masked]
-    flops = step_flops(model_config, config.data.batch_size, tokens_per_step, masked)
-    peak = _peak_flops(device)
-    return {
-        "bench": "step",
-        "config": str(config_path or "configs/default.toml"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "compile": config.train.compile,
-        "attention": model_config.attention,
-        "views": config.masking.views,
-        "batch": config.data.batch_size,
-        "pad_multiple": config.train.pad_multiple,
-        "pack_length": config.train.pack_length,
-        "padding": round(sum(map(padding_share, laid_out)) / len(laid_out), 4),
-        "step_ms": round(1000 * seconds, 2),
-        "tokens_per_s": round(tokens_per_step / seconds, 1),
-        "tflops": round(flops / seconds / 1e12, 2),
-        "mfu": round(flops / seconds / peak, 4) if peak else None,
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-        if device.type == "cuda" else None,
-        "warmup_s": round(warmup_s, 1),
-        "threads": torch.get_num_threads(),
-    }
+        tokens_per_step = sum(int(d[1].sum()) for d in docs) / len(docs)
+        masked = [sampler(*d) for d in docs]  # drawn as the timed batches were, not the same
+        laid_out = [step_parts(m, config, Distributed())[0][0] for m in masked]
+        flops = step_flops(model_config, batch, tokens_per_step, masked)
+        peak = _peak_flops(device)
+        yield {
+            "bench": "step",
+            "config": str(config_path or "configs/default.toml"),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "compile": config.train.compile,
+            "compile_scope": config.train.compile_scope,
+            "attention": model_config.attention,
+            "views": config.masking.views,
+            "batch": batch,
+            "pad_multiple": config.train.pad_multiple,
+            "pack_length": config.train.pack_length,
+            "padding": round(sum(map(padding_share, laid_out)) / len(laid_out), 4),
+            "step_ms": round(1000 * seconds, 2),
+            "tokens_per_s": round(tokens_per_step / seconds, 1),
+            "tflops": round(flops / seconds / 1e12, 2),
+            "mfu": round(flops / seconds / peak, 4) if peak else None,
+            "peak_mem_gib": round(peak_gib, 2) if peak_gib is not None else None,
+            "host_syncs": host_syncs,
+            "warmup_s": round(warmup_s, 1),
+            "threads": torch.get_num_threads(),
+        }
+        if max_memory_gib and peak_gib is not None and peak_gib > max_memory_gib:
+            print(f"batch {batch}: peak {peak_gib:.1f} GiB passes {max_memory_gib} GiB; the "
+                  f"sweep stops here", file=sys.stderr)
+            return
+
+
+def _count_host_syncs(step) -> dict | None:
+    """The CUDA calls in one step that make the host wait for the device, as torch's sync
+    debug mode reports them: how many, and where (up to 3 places). None when this torch does
+    not deliver those warnings (checked first on a call known to wait)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            torch.ones((), device="cuda").item()  # a known sync: do its warnings arrive?
+            delivered = len(caught) > 0
+            caught.clear()
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    if not delivered:
+        return None
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    places = sorted({f"{w.filename}:{w.lineno}" for w in syncs})
+    return {"count": len(syncs), "where": places[:3]}
 
 
 def step_flops(config, batch: int, tokens_per_step: float, masked: list[MaskedBatch]) -> float:
@@ -169,20 +217,34 @@ def step_flops(config, batch: int, tokens_per_step: float, masked: list[MaskedBa
     return target + ctx + pred
 
 
-def _print_profile(step, n_steps: int, device: torch.device, rows: int = 25) -> None:
-    """The operators that took the most time over ``n_steps`` steps, to stderr."""
+def _print_profile(step, n_steps: int, device: torch.device, first: int = 0,
+                   rows: int = 25) -> None:
+    """The operators that took the most time over steps ``first``, ``first + 1``, … (``n_steps``
+    of them), to stderr."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
     with profile(activities=activities) as prof:
-        for i in range(n_steps):
+        for i in range(first, first + n_steps):
             step(i)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60),
           file=sys.stderr)
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    """``64`` or ``64,128,192``: the batch sizes of a sweep."""
+    try:
+        sizes = tuple(int(size) for size in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive batch sizes like 64 or 64,128, "
+                                         f"got {text!r}")
+    return sizes
 
 
 def _peak_flops(device: torch.device) -> float | None:
@@ -211,14 +273,18 @@ def main(argv: list[str] | None = None) -> int:
     step.add_argument("--config", help="TOML config (default configs/default.toml)")
     step.add_argument("--device", default="auto")
     step.add_argument("--views", type=int)
-    step.add_argument("--batch", type=int)
+    step.add_argument("--batch", type=_batch_sizes, default=(), metavar="B[,B...]",
+                      help="batch size, or several to sweep with one compiled model")
     step.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     step.add_argument("--steps", type=int, default=20)
     step.add_argument("--warmup", type=int, default=5)
     step.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="override a config value, e.g. --set train.pad_multiple=64")
     step.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                      help="profile this many more steps; print the costliest operators")
+                      help="profile this many more steps (first batch size); print the "
+                           "costliest operators")
+    step.add_argument("--max-memory-gib", type=float, default=None,
+                      help="CUDA: stop the sweep after a batch whose peak passes this")
     step.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -227,13 +293,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"masking: {result['ms_per_batch']} ms per batch of {args.batch} documents "
               f"x {args.views} views (median of {args.iters})")
     if args.what == "step":
-        result = bench_step(args.config, args.device, args.views, args.batch, args.compile,
-                            args.steps, args.warmup, overrides=args.set,
-                            profile=args.profile)
-        print(f"step: {result['step_ms']} ms, {result['tokens_per_s']:,.0f} input tokens/s, "
-              f"{result['tflops']} TFLOP/s on {result['device']} (batch {result['batch']}, "
-              f"{result['views']} views, compile {result['compile']}, "
-              f"{100 * result['padding']:.0f} % of the token slots padding)")
+        for result in bench_step(args.config, args.device, args.views, args.batch,
+                                 args.compile, args.steps, args.warmup, overrides=args.set,
+                                 profile=args.profile, max_memory_gib=args.max_memory_gib):
+            memory = (f", peak {result['peak_mem_gib']} GiB" if result["peak_mem_gib"]
+                      is not None else "")
+            print(f"step: {result['step_ms']} ms, {result['tokens_per_s']:,.0f} input "
+                  f"tokens/s, {result['tflops']} TFLOP/s on {result['device']} (batch "
+                  f"{result['batch']}, {result['views']} views, compile {result['compile']}, "
+                  f"{100 * result['padding']:.0f} % of the token slots padding{memory})")
+            if args.json:
+                print(json.dumps(result), flush=True)
+        return 0
     if args.json:
         print(json.dumps(result))
     return 0
