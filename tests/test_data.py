@@ -213,14 +213,6 @@ def test_loader_is_deterministic_and_resumes_from_its_position(tinytales_bins):
     assert lengths.max() <= 64
 
 
-def test_loader_ranks_split_the_global_batch(tinytales_bins):
-    split = data.TokenBins(tinytales_bins).split("train")
-    whole = data.DocumentLoader(split, batch_size=8, block_size=512, seed=0).next_batch()
-    halves = [data.DocumentLoader(split, batch_size=4, block_size=512, seed=0, rank=r,
-                                  world_size=2).next_batch() for r in range(2)]
-    assert np.array_equal(np.concatenate([h[1] for h in halves]), whole[1])
-
-
 def test_loader_truncates_documents_to_the_block_and_pads_with_zeros(tinytales_bins):
     split = data.TokenBins(tinytales_bins).split("val")
     tokens, lengths = split.batch(np.arange(len(split)), block_size=50)

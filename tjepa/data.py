@@ -455,9 +455,11 @@ class DocumentLoader:
     """Batches of whole documents in a seeded order that a single integer can resume.
 
     Sample ``k`` of the stream is document ``perm_e[k mod N]`` of epoch ``e = k // N``, each
-    epoch with its own seeded permutation; ``position`` counts samples consumed by all ranks,
-    so saving it is enough to resume exactly. Documents shorter than ``min_tokens`` are skipped
-    (a JEPA sample needs some context and some target).
+    epoch with its own seeded permutation; ``position`` counts samples consumed, so saving it
+    is enough to resume exactly. Documents shorter than ``min_tokens`` are skipped (a JEPA
+    sample needs some context and some target). Under DDP every rank reads the whole global
+    batch and keeps its share after masking (``train.step_parts``): each rank then knows the
+    global number of targets, to normalize the loss by.
     """
 
     def __init__(
@@ -467,12 +469,10 @@ class DocumentLoader:
         block_size: int,
         seed: int = 0,
         min_tokens: int = 2,
-        rank: int = 0,
-        world_size: int = 1,
         position: int = 0,
     ):
         self.split, self.batch_size, self.block_size = split, batch_size, block_size
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed = seed
         self.eligible = np.flatnonzero(split.lengths >= min_tokens)
         if len(self.eligible) == 0:
             raise DataError(f"no document has at least {min_tokens} tokens")
@@ -480,10 +480,9 @@ class DocumentLoader:
         self._epoch, self._perm = -1, self.eligible
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's share of the next global batch: tokens (B, T), lengths (B,)."""
-        first = self.position + self.rank * self.batch_size
-        documents = self._documents(np.arange(first, first + self.batch_size))
-        self.position += self.batch_size * self.world_size
+        """The next batch: tokens (B, T), lengths (B,)."""
+        documents = self._documents(np.arange(self.position, self.position + self.batch_size))
+        self.position += self.batch_size
         return self.split.batch(documents, self.block_size)
 
     def _documents(self, samples: np.ndarray) -> np.ndarray:
