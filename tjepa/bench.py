@@ -81,6 +81,7 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     memory (reported on stderr): larger batches need more.
     """
     from tjepa.train import (
+        BatchStream,
         Distributed,
         build_step_parts,
         load_config,
@@ -100,15 +101,10 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     model_config = resolve_model(config, device, config.model.vocab_size or vocab_size)
     config = replace(config, model=model_config)
     model, optimizer, schedule, sampler, autocast = build_step_parts(config, device)
-    pinned = device.type == "cuda"
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def one_step(i: int, docs: list[tuple[torch.Tensor, torch.Tensor]], config) -> None:
-        # masking and packing run inline here (training makes them ahead, in a thread); the
-        # host still works while the device runs the step before, which nothing waits for
-        tokens, lengths = docs[i % len(docs)]
-        parts, total_targets = step_parts(sampler(tokens, lengths), config, Distributed())
-        parts = [part.pin_memory() for part in parts] if pinned else parts
+    def one_step(i: int, stream: BatchStream, config) -> None:
+        (parts, total_targets), _ = stream.next()
         schedule.apply(optimizer, i)
         optimizer_step(model, model, optimizer, parts, total_targets, Distributed(), device,
                        autocast, config.optim.grad_clip)
@@ -119,7 +115,11 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         generator = torch.Generator().manual_seed(0)
         docs = [synthetic_documents(batch, config.data.block_size, model_config.vocab_size,
                                     generator) for _ in range(4)]
-        step = partial(one_step, docs=docs, config=config)
+        # as in training: masked, split, packed and pinned ahead, in a thread
+        stream = BatchStream(_Cycle(docs), sampler,
+                             partial(step_parts, config=config, world=Distributed()),
+                             pin=device.type == "cuda")
+        step = partial(one_step, stream=stream, config=config)
         try:
             started = time.perf_counter()
             for i in tqdm(range(warmup), desc=f"batch {batch}: warm-up (compiles)",
@@ -134,9 +134,24 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
                 step(warmup + i)
             sync()
             seconds = (time.perf_counter() - started) / steps
+            peak_gib = (torch.cuda.max_memory_allocated(device) / 2**30
+                        if device.type == "cuda" else None)
+            host_syncs = (_count_host_syncs(partial(step, 0)) if device.type == "cuda"
+                          else None)
+            if profile and n == 0:
+                _print_profile(step, profile, device, first=warmup + steps)
         except torch.OutOfMemoryError:
             print(f"batch {batch}: out of memory; the sweep stops here", file=sys.stderr)
             return
+        finally:
+            stream.close()
+
+        tokens_per_step = sum(int(d[1].sum()) for d in docs) / len(docs)
+        # masks drawn as the timed ones were (not the same ones), for FLOPs and padding
+        shadow = MaskSampler(config.masking, seed=config.train.seed,
+                             pad_multiple=config.train.pad_multiple)
+        masked = [shadow(*d) for d in docs]
+        laid_out = [step_parts(m, config, Distributed())[0][0] for m in masked]
         peak_gib = (torch.cuda.max_memory_allocated(device) / 2**30
                     if device.type == "cuda" else None)
         host_syncs = _count_host_syncs(partial(step, 0)) if device.type == "cuda" else None
@@ -173,6 +188,17 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
             print(f"batch {batch}: peak {peak_gib:.1f} GiB passes {max_memory_gib} GiB; the "
                   f"sweep stops here", file=sys.stderr)
             return
+
+
+class _Cycle:
+    """The same few batches of documents over and over, as a ``DocumentLoader`` hands them."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.batches, self.position = batches, 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.position += 1
+        return self.batches[(self.position - 1) % len(self.batches)]
 
 
 def _count_host_syncs(step) -> dict | None:
