@@ -142,11 +142,13 @@ def test_truncated_or_foreign_checkpoints_are_refused(tmp_path):
         train.load_checkpoint(tmp_path / "cut.pt")
 
 
-def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tinytales_bins, tmp_path):
-    # EMA: the prediction loss is a sum over documents, so two ranks match one process exactly.
-    # VICReg's and SIGReg's statistics are taken per rank (README "Train"), so they would not.
+@pytest.mark.parametrize("anti_collapse", ["ema", "vicreg", "sigreg"])
+def test_two_process_ddp_matches_one_process_on_the_same_global_batch(
+        tinytales_bins, tmp_path, anti_collapse):
+    # The prediction loss is a sum over documents; VICReg's and SIGReg's statistics are sums
+    # over all ranks' rows (jepa.sum_over_ranks): two ranks match one process either way.
     sets = sum((["--set", s] for s in tiny(tinytales_bins, "train.max_steps=6",
-                                           'optim.anti_collapse="ema"')), [])
+                                           f'optim.anti_collapse="{anti_collapse}"')), [])
     single = run_cli(*sets, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,6 +30,7 @@ from tjepa.model import Encoder, ModelConfig, Predictor, attention_mask, init_we
 from tjepa.packing import PackedBatch
 
 LossKind = Literal["smooth_l1", "l2", "cosine"]
+Reduce = Callable[[Tensor], Tensor]  # sums a statistic over the rows other processes hold
 AntiCollapse = Literal["ema", "sigreg", "vicreg"]
 
 
@@ -52,7 +56,8 @@ class OptimConfig:
     #   vicreg — the EMA targets plus VICReg's variance hinge and covariance penalty on the
     #            context encoder's embeddings (weights relative to the prediction loss: VICReg's
     #            25 : 25 : 1 for invariance : variance : covariance).
-    # The sigreg and vicreg terms are statistics of one rank's micro-batch (not gathered).
+    # The sigreg and vicreg terms are statistics of a micro-batch, summed over DDP ranks
+    # (sum_over_ranks) but not over gradient-accumulation micro-batches.
     anti_collapse: AntiCollapse = "ema"
     sigreg_weight: float = 0.05
     sigreg_directions: int = 256
@@ -151,11 +156,14 @@ class JEPA(nn.Module):
             return embeddings.new_zeros(())
         # zero weight on padding: boolean indexing would wait for the device to count it
         embeddings, weight = embeddings.flatten(0, -2), valid.flatten().float()
+        # under DDP, statistics of the global batch (the sums of all ranks), as one process
+        # would take them; evaluation (no grad) keeps to its own rank
+        reduce = sum_over_ranks if torch.is_grad_enabled() else _local
         if o.anti_collapse == "sigreg":
             return o.sigreg_weight * sigreg(embeddings, o.sigreg_directions, normalize=False,
-                                            weight=weight)
+                                            weight=weight, reduce=reduce)
         if o.anti_collapse == "vicreg":
-            variance, covariance = vicreg_terms(embeddings, weight=weight)
+            variance, covariance = vicreg_terms(embeddings, weight=weight, reduce=reduce)
             return o.vicreg_variance_weight * variance + o.vicreg_covariance_weight * covariance
         raise ValueError(f"unknown anti_collapse {o.anti_collapse!r}")
 
@@ -204,7 +212,7 @@ def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind) -> Ten
 
 def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
            generator: torch.Generator | None = None, knots: int = 33,
-           weight: Tensor | None = None) -> Tensor:
+           weight: Tensor | None = None, reduce: Reduce | None = None) -> Tensor:
     """Epps–Pulley statistic of random unit projections against N(0, 1), averaged (0-d).
 
     ``N ∫ |φ_N(t) − e^{−t²/2}|² e^{−t²/2} dt``, with φ_N the empirical characteristic function
@@ -213,48 +221,73 @@ def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
     first, which makes it a scale-free test of shape (the monitor; estimating mean and scale
     lowers the Gaussian level to ≈ 0.55); without it, it also asks for zero mean and unit
     variance (the LeJEPA regularizer). ``weight`` (N,) of 0/1 leaves rows out (padding).
+    ``reduce`` sums each statistic over the rows held elsewhere (``sum_over_ranks``).
     Differentiable.
     """
+    reduce = reduce or _local
     x = embeddings.float()
-    w, n = _row_weights(x, weight)
+    w, n = _row_weights(x, weight, reduce)
     if normalize:
-        x = x - _mean(x, w, n)
-        x = x / _mean(x.pow(2).sum(1, keepdim=True), w, n).div(x.shape[1]).sqrt().clamp(min=1e-6)
-    a = torch.randn(x.shape[1], directions, device=x.device, generator=generator)
+        x = x - _mean(x, w, n, reduce)
+        scale = _mean(x.pow(2).sum(1, keepdim=True), w, n, reduce).div(x.shape[1]).sqrt()
+        x = x / scale.clamp(min=1e-6)
+    # summed over ranks, every rank projects on the same directions even if their random
+    # states differ (a sum of Gaussians is Gaussian: still uniform once normalized)
+    a = reduce(torch.randn(x.shape[1], directions, device=x.device, generator=generator))
     z = x @ F.normalize(a, dim=0)  # (N, M)
     t = torch.linspace(-5, 5, knots, device=x.device)
     zt = z[:, :, None] * t  # (N, M, K)
-    # weighted means over N as one matrix-vector product each: no (N, M, K) product to hold
-    real = torch.einsum("n,nmk->mk", w[:, 0], zt.cos()) / n.clamp(min=1)  # (M, K)
-    imag = torch.einsum("n,nmk->mk", w[:, 0], zt.sin()) / n.clamp(min=1)
+    # weighted sums over N as matrix-vector products, then the empirical characteristic
+    # function's real and imaginary parts (M, K)
+    sums = torch.stack([torch.einsum("n,nmk->mk", w[:, 0], zt.cos()),
+                        torch.einsum("n,nmk->mk", w[:, 0], zt.sin())])
+    real, imag = reduce(sums) / n.clamp(min=1)
     gauss = torch.exp(-t.square() / 2)
     integrand = ((real - gauss).square() + imag.square()) * gauss
     return n * torch.trapezoid(integrand, t, dim=-1).mean()
 
 
-def vicreg_terms(embeddings: Tensor, eps: float = 1e-4,
-                 weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def vicreg_terms(embeddings: Tensor, eps: float = 1e-4, weight: Tensor | None = None,
+                 reduce: Reduce | None = None) -> tuple[Tensor, Tensor]:
     """VICReg's variance hinge (mean over dimensions of max(0, 1 − std)) and covariance
     penalty (squared off-diagonal covariances, summed, over the width) of (N, D); ``weight``
-    (N,) of 0/1 leaves rows out (padding)."""
+    (N,) of 0/1 leaves rows out (padding); ``reduce`` as in ``sigreg``."""
+    reduce = reduce or _local
     x = embeddings.float()
-    w, n = _row_weights(x, weight)
-    x = (x - _mean(x, w, n)) * w
-    cov = (x.T @ x) / (n - 1).clamp(min=1)  # (D, D)
+    w, n = _row_weights(x, weight, reduce)
+    x = (x - _mean(x, w, n, reduce)) * w  # centred on the mean of all rows, everywhere
+    cov = reduce(x.T @ x) / (n - 1).clamp(min=1)  # (D, D)
     std = (torch.diagonal(cov) + eps).sqrt()
     variance = F.relu(1 - std).mean()
     off_diagonal = cov - torch.diag(torch.diagonal(cov))
     return variance, off_diagonal.square().sum() / x.shape[1]
 
 
-def _row_weights(x: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Row weights (N, 1) and their sum (0-d): all ones when none are given."""
+def sum_over_ranks(statistic: Tensor) -> Tensor:
+    """A statistic summed over the DDP ranks, differentiably; itself outside DDP.
+
+    Every rank then computes the same regularizer from the same sums, and the backward pass
+    sums each rank's gradient with respect to them back (``torch.distributed.nn``), so rank
+    r's rows get world_size × their share of the one-process gradient; DDP's mean over ranks
+    takes that back to the one-process gradient.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist_nn.all_reduce(statistic)
+    return statistic
+
+
+def _local(statistic: Tensor) -> Tensor:
+    return statistic
+
+
+def _row_weights(x: Tensor, weight: Tensor | None, reduce: Reduce) -> tuple[Tensor, Tensor]:
+    """Row weights (N, 1) and their sum over all rows (0-d): all ones when none are given."""
     w = x.new_ones(len(x)) if weight is None else weight.to(x.dtype)
-    return w[:, None], w.sum()
+    return w[:, None], reduce(w.sum())
 
 
-def _mean(x: Tensor, w: Tensor, n: Tensor) -> Tensor:
-    return (x * w).sum(0) / n.clamp(min=1)
+def _mean(x: Tensor, w: Tensor, n: Tensor, reduce: Reduce) -> Tensor:
+    return reduce((x * w).sum(0)) / n.clamp(min=1)
 
 
 # --- optimizer and schedules ---------------------------------------------------------------
