@@ -43,15 +43,17 @@ def test_step_bench_sweeps_batch_sizes_with_one_model(capsys, monkeypatch):
 
     monkeypatch.setattr(train, "build_step_parts", counting_build)
     args = ["step", "--device", "cpu", "--batch", "2,4", "--views", "1", "--steps", "1",
-            "--warmup", "1", "--no-compile", "--json"]
+            "--warmup", "1", "--no-compile", "--json", "--profile", "1"]
     for override in TINY:
         args += ["--set", override]
     assert bench.main(args) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
-             if line.startswith("{")]
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
     assert [line["batch"] for line in lines] == [2, 4]
-    assert all(line["host_syncs"] is None for line in lines)  # counted on CUDA only
+    assert all(line["host_syncs"] is None and line["device_busy"] is None  # CUDA only
+               for line in lines)
     assert len(built) == 1
+    assert captured.err.count("Self CPU time total") == 1  # the first batch size is profiled
 
 
 def test_step_bench_refuses_a_malformed_batch_list(capsys):

@@ -138,8 +138,8 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
                         if device.type == "cuda" else None)
             host_syncs = (_count_host_syncs(partial(step, 0)) if device.type == "cuda"
                           else None)
-            if profile and n == 0:
-                _print_profile(step, profile, device, first=warmup + steps)
+            device_busy = (_print_profile(step, profile, device, first=warmup + steps)
+                           if profile and n == 0 else None)
         except torch.OutOfMemoryError:
             print(f"batch {batch}: out of memory; the sweep stops here", file=sys.stderr)
             return
@@ -151,15 +151,6 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         shadow = MaskSampler(config.masking, seed=config.train.seed,
                              pad_multiple=config.train.pad_multiple)
         masked = [shadow(*d) for d in docs]
-        laid_out = [step_parts(m, config, Distributed())[0][0] for m in masked]
-        peak_gib = (torch.cuda.max_memory_allocated(device) / 2**30
-                    if device.type == "cuda" else None)
-        host_syncs = _count_host_syncs(partial(step, 0)) if device.type == "cuda" else None
-        if profile and n == 0:
-            _print_profile(step, profile, device, first=warmup + steps)
-
-        tokens_per_step = sum(int(d[1].sum()) for d in docs) / len(docs)
-        masked = [sampler(*d) for d in docs]  # drawn as the timed batches were, not the same
         laid_out = [step_parts(m, config, Distributed())[0][0] for m in masked]
         flops = step_flops(model_config, batch, tokens_per_step, masked)
         peak = _peak_flops(device)
@@ -181,6 +172,7 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
             "mfu": round(flops / seconds / peak, 4) if peak else None,
             "peak_mem_gib": round(peak_gib, 2) if peak_gib is not None else None,
             "host_syncs": host_syncs,
+            "device_busy": round(device_busy, 3) if device_busy is not None else None,
             "warmup_s": round(warmup_s, 1),
             "threads": torch.get_num_threads(),
         }
@@ -244,21 +236,34 @@ def step_flops(config, batch: int, tokens_per_step: float, masked: list[MaskedBa
 
 
 def _print_profile(step, n_steps: int, device: torch.device, first: int = 0,
-                   rows: int = 25) -> None:
+                   rows: int = 25) -> float | None:
     """The operators that took the most time over steps ``first``, ``first + 1``, … (``n_steps``
-    of them), to stderr."""
+    of them), to stderr. On CUDA, returns the share of the wall time the device was busy
+    (kernel time summed): well under 1, the host or a sync keeps it waiting. The profiler
+    slows the host, so it is a lower bound."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
-                                           else [])
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
+        if cuda:
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
         for i in range(first, first + n_steps):
             step(i)
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(device)
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60),
+        wall_us = 1e6 * (time.perf_counter() - started)
+    events = prof.key_averages()
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(events.table(sort_by=sort, row_limit=rows, max_name_column_width=60), file=sys.stderr)
+    if not cuda:
+        return None
+    busy_us = sum(event.self_device_time_total for event in events)
+    print(f"profiled {n_steps} steps: {wall_us / n_steps / 1000:.1f} ms each, the device busy "
+          f"{busy_us / n_steps / 1000:.1f} ms of it ({100 * busy_us / wall_us:.0f} %)",
           file=sys.stderr)
+    return busy_us / wall_us
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:

@@ -475,6 +475,8 @@ class BatchStream:
 
     def next(self) -> tuple[tuple[list, int], int]:
         """The next batch as ``prepare`` made it, and its number of input tokens."""
+        if self._stop.is_set():
+            raise RuntimeError("the batch stream is closed")
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
