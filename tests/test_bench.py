@@ -56,6 +56,28 @@ def test_step_bench_sweeps_batch_sizes_with_one_model(capsys, monkeypatch):
     assert captured.err.count("Self CPU time total") == 1  # the first batch size is profiled
 
 
+def test_host_sync_count_reads_the_sync_debug_warnings_and_says_when_none_arrive():
+    import warnings
+
+    modes = []
+
+    def sync(where: str) -> None:
+        if modes[-1] == "warn":
+            warnings.warn(f"called a synchronizing CUDA operation ({where})", stacklevel=2)
+
+    def step() -> None:
+        sync("item")
+        sync("nonzero")
+        warnings.warn("something else", stacklevel=1)
+
+    counted = bench._count_host_syncs(step, modes.append, lambda: sync("control"))
+    assert counted["count"] == 2 and len(counted["where"]) == 2  # two lines of step
+    assert modes == ["warn", "default"]
+    # a torch whose sync debug mode says nothing cannot report 0 syncs: it reports None
+    silent = bench._count_host_syncs(step, lambda mode: None, lambda: None)
+    assert silent is None
+
+
 def test_step_bench_refuses_a_malformed_batch_list(capsys):
     for text in ("64,", "0", "a,b"):
         with pytest.raises(SystemExit) as stop:

@@ -193,22 +193,25 @@ class _Cycle:
         return self.batches[(self.position - 1) % len(self.batches)]
 
 
-def _count_host_syncs(step) -> dict | None:
+def _count_host_syncs(step, set_mode=None, known_sync=None) -> dict | None:
     """The CUDA calls in one step that make the host wait for the device, as torch's sync
     debug mode reports them: how many, and where (up to 3 places). None when this torch does
-    not deliver those warnings (checked first on a call known to wait)."""
+    not deliver those warnings (checked first on ``known_sync``, a call known to wait).
+    ``set_mode`` and ``known_sync`` default to CUDA's (tests pass stand-ins)."""
     import warnings
 
+    set_mode = set_mode or torch.cuda.set_sync_debug_mode
+    known_sync = known_sync or (lambda: torch.ones((), device="cuda").item())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
+        set_mode("warn")
         try:
-            torch.ones((), device="cuda").item()  # a known sync: do its warnings arrive?
+            known_sync()
             delivered = len(caught) > 0
             caught.clear()
             step()
         finally:
-            torch.cuda.set_sync_debug_mode("default")
+            set_mode("default")
     if not delivered:
         return None
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
