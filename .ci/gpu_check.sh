@@ -32,7 +32,8 @@ run 100 $bench --batch 64 --compile --steps 30 --warmup 8 --profile 3
 run 150 $bench --batch 64,128,160,192,224 --compile --steps 15 --warmup 6 $packed \
     --max-memory-gib 24 --profile 3
 
-# 2. Eager (SDPA) at batch 64 and at the packed layout's largest batch within 24 GiB.
+# 2. Eager (SDPA) at batch 64, and packed at 192: about the largest batch the compiled packed
+#    step fits in 24 GiB by the last measurement (8.2 GiB at 64); eager needs more memory.
 run 45 $bench --batch 64 --no-compile --steps 10 --warmup 3
 run 60 $bench --batch 64,192 --no-compile --steps 10 --warmup 3 $packed
 
