@@ -242,3 +242,8 @@ def test_mask_forecast_batch_splits_each_document_at_the_chosen_prefix():
         assert context == list(range(prefix))
         assert targets == list(range(prefix, length)) and set(spans) == {0}
     assert (batch.denoiser == -1).all()
+    # a horizon asks about as many positions after every prefix, however long the rest is
+    batch = forecast_batch(tokens, lengths, torch.tensor([4, 2, 1]), horizon=3)
+    for v, (prefix, end) in enumerate([(4, 7), (2, 5), (1, 3)]):
+        context, targets, _, _ = view_sets(batch, v)
+        assert context == list(range(prefix)) and targets == list(range(prefix, end))

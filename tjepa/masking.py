@@ -271,14 +271,17 @@ class MaskSampler:
 
 
 def forecast_batch(tokens: Tensor, lengths: Tensor, prefix_lengths: Tensor,
-                   pad_multiple: int = 8) -> MaskedBatch:
+                   pad_multiple: int = 8, horizon: int | None = None) -> MaskedBatch:
     """One S-denoiser view per document with the split chosen, not drawn: the first
-    ``prefix_lengths[b]`` tokens are the context, the rest of the document one target span.
-    What the probes use to ask "what does the predictor expect after this prefix?"."""
+    ``prefix_lengths[b]`` tokens are the context, the next ``horizon`` tokens (all the rest
+    when None) one target span. What the probes use to ask "what does the predictor expect
+    after this prefix?"."""
     position = torch.arange(tokens.shape[1], device=tokens.device)
     prefix = torch.minimum(prefix_lengths.to(lengths), lengths - 1).clamp(min=1)[:, None]
     context_positions, context_valid = _pack(position < prefix, pad_multiple)
-    suffix = (position >= prefix) & (position < lengths[:, None])
+    end = lengths[:, None] if horizon is None else torch.minimum(lengths[:, None],
+                                                                 prefix + horizon)
+    suffix = (position >= prefix) & (position < end)
     target_positions, target_valid = _pack(suffix, pad_multiple)
     n = len(tokens)
     return MaskedBatch(tokens, lengths, torch.arange(n, device=tokens.device),
