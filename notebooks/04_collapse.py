@@ -23,16 +23,18 @@
 # normalized embeddings, mean pairwise **cosine** of centred embeddings, and **SIGReg**. The
 # alarm rests on RankMe, because std and cosine miss dimensional collapse.
 #
-# Two short runs: the default config (EMA target with VICReg's variance and covariance terms,
-# healthy) and `configs/collapse_demo.toml` (no EMA, a tiny predictor, a high learning rate),
-# which collapses on purpose.
+# Two runs: the default config (EMA target with VICReg's variance and covariance terms,
+# healthy; its 2400 steps take about 16 minutes on a 2-core CPU, and notebook 06 evaluates
+# this run) and `configs/collapse_demo.toml` (no EMA, a tiny predictor, a high learning
+# rate; 400 steps), which collapses on purpose.
 
 # %% tags=["parameters"]
 import os
 
 SMOKE = os.environ.get("TJEPA_SMOKE") == "1"
 DATA_DIR = "../data/smoke" if SMOKE else "../data"
-STEPS = 60 if SMOKE else 800  # the default config's train.max_steps
+STEPS = 60 if SMOKE else None  # None: the default config's train.max_steps (2400)
+COLLAPSE_STEPS = 60 if SMOKE else 400  # the demo collapses within a few dozen steps
 OUT = "../out/notebooks"
 
 # %%
@@ -66,16 +68,17 @@ assert monitor.rankme(plane) < 3 and monitor.embedding_std(plane) > 0.5 / 8
 # ## A healthy run and a collapsing one
 
 # %%
-common = [f"data.dir={json.dumps(str(bins_dir))}", f"train.max_steps={STEPS}",
-          "monitor.interval=20", "monitor.documents=128", "train.eval_interval=1000",
-          "train.device=\"cpu\""]
-healthy_config = train.load_config("../configs/default.toml", common)
-collapse_config = train.load_config("../configs/collapse_demo.toml",
-                                    [*common, "monitor.stop_on_alarm=false"])
+common = [f"data.dir={json.dumps(str(bins_dir))}", "monitor.interval=20",
+          "monitor.documents=128", "train.eval_interval=1000", "train.device=\"cpu\""]
+healthy_config = train.load_config(
+    "../configs/default.toml", [*common, *([f"train.max_steps={STEPS}"] if STEPS else [])])
+collapse_config = train.load_config(
+    "../configs/collapse_demo.toml",
+    [*common, f"train.max_steps={COLLAPSE_STEPS}", "monitor.stop_on_alarm=false"])
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    healthy_run = train.train(healthy_config, Path(OUT) / "healthy", progress=False)
-    collapse_run = train.train(collapse_config, Path(OUT) / "collapse", progress=False)
+    healthy_run = train.train(healthy_config, Path(OUT) / "healthy", progress=not SMOKE)
+    collapse_run = train.train(collapse_config, Path(OUT) / "collapse", progress=not SMOKE)
 print([str(w.message) for w in caught if "collapse alarm" in str(w.message)])
 
 # %%

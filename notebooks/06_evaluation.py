@@ -24,9 +24,11 @@
 # them. `semantic` probes need context: who the friend is (both names occur; only their roles
 # differ), whether two halves come from the same story, and `forecast:ending` — given the
 # story up to the hero's choice, does the *predictor* expect a happy or a sad ending? That is
-# the S-denoiser's task, so it is the predictor we ask. The same question put to the encoder's
-# pooled prefix (`factor:ending`, kind `nonlinear`) is an XNOR of two sentences: no encoder
-# here, trained or random, makes it linearly readable.
+# the S-denoiser's task, so it is the predictor we ask, about the next 24 positions (not the
+# whole rest of the story: how many positions are left gives the ending away). The same
+# question put to the encoder's pooled prefix (`factor:ending`, kind `nonlinear`) is an XNOR
+# of two sentences that neither a random encoder nor a bag of words makes linearly readable;
+# the default run's encoder learns it (0.74–0.98 on three seeds, README), a short run's not.
 
 # %% tags=["parameters"]
 import os
