@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import partial
@@ -85,6 +86,7 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         Distributed,
         build_step_parts,
         load_config,
+        mask_sampler,
         optimizer_step,
         resolve_model,
         step_parts,
@@ -101,7 +103,8 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     model_config = resolve_model(config, device, config.model.vocab_size or vocab_size)
     config = replace(config, model=model_config)
     model, optimizer, schedule, sampler, autocast = build_step_parts(config, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def one_step(i: int, stream: BatchStream, config) -> None:
         (parts, total_targets), _ = stream.next()
@@ -118,7 +121,7 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         # as in training: masked, split, packed and pinned ahead, in a thread
         stream = BatchStream(_Cycle(docs), sampler,
                              partial(step_parts, config=config, world=Distributed()),
-                             pin=device.type == "cuda")
+                             pin=cuda)
         step = partial(one_step, stream=stream, config=config)
         try:
             started = time.perf_counter()
@@ -127,17 +130,15 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
                 step(i)
             sync()
             warmup_s = time.perf_counter() - started
-            if device.type == "cuda":
+            if cuda:
                 torch.cuda.reset_peak_memory_stats()
             started = time.perf_counter()
             for i in tqdm(range(steps), desc=f"batch {batch}: step", leave=False):
                 step(warmup + i)
             sync()
             seconds = (time.perf_counter() - started) / steps
-            peak_gib = (torch.cuda.max_memory_allocated(device) / 2**30
-                        if device.type == "cuda" else None)
-            host_syncs = (_count_host_syncs(partial(step, 0)) if device.type == "cuda"
-                          else None)
+            peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+            host_syncs = _count_host_syncs(partial(step, 0)) if cuda else None
             device_busy = (_print_profile(step, profile, device, first=warmup + steps)
                            if profile and n == 0 else None)
         except torch.OutOfMemoryError:
@@ -148,8 +149,7 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
 
         tokens_per_step = sum(int(d[1].sum()) for d in docs) / len(docs)
         # masks drawn as the timed ones were (not the same ones), for FLOPs and padding
-        shadow = MaskSampler(config.masking, seed=config.train.seed,
-                             pad_multiple=config.train.pad_multiple)
+        shadow = mask_sampler(config)
         masked = [shadow(*d) for d in docs]
         laid_out = [step_parts(m, config, Distributed())[0][0] for m in masked]
         flops = step_flops(model_config, batch, tokens_per_step, masked)
@@ -157,7 +157,7 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         yield {
             "bench": "step",
             "config": str(config_path or "configs/default.toml"),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "device": torch.cuda.get_device_name(device) if cuda else "cpu",
             "compile": config.train.compile,
             "compile_scope": config.train.compile_scope,
             "attention": model_config.attention,
@@ -198,8 +198,6 @@ def _count_host_syncs(step, set_mode=None, known_sync=None) -> dict | None:
     debug mode reports them: how many, and where (up to 3 places). None when this torch does
     not deliver those warnings (checked first on ``known_sync``, a call known to wait).
     ``set_mode`` and ``known_sync`` default to CUDA's (tests pass stand-ins)."""
-    import warnings
-
     set_mode = set_mode or torch.cuda.set_sync_debug_mode
     known_sync = known_sync or (lambda: torch.ones((), device="cuda").item())
     with warnings.catch_warnings(record=True) as caught:

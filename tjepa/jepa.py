@@ -210,9 +210,14 @@ def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind) -> Ten
 # --- anti-collapse regularizers ------------------------------------------------------------
 
 
+def _local(statistic: Tensor) -> Tensor:
+    """A statistic as this process holds it: the ``reduce`` outside DDP or without grad."""
+    return statistic
+
+
 def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
            generator: torch.Generator | None = None, knots: int = 33,
-           weight: Tensor | None = None, reduce: Reduce | None = None) -> Tensor:
+           weight: Tensor | None = None, reduce: Reduce = _local) -> Tensor:
     """Epps–Pulley statistic of random unit projections against N(0, 1), averaged (0-d).
 
     ``N ∫ |φ_N(t) − e^{−t²/2}|² e^{−t²/2} dt``, with φ_N the empirical characteristic function
@@ -224,7 +229,6 @@ def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
     ``reduce`` sums each statistic over the rows held elsewhere (``sum_over_ranks``).
     Differentiable.
     """
-    reduce = reduce or _local
     x = embeddings.float()
     w, n = _row_weights(x, weight, reduce)
     if normalize:
@@ -248,11 +252,10 @@ def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
 
 
 def vicreg_terms(embeddings: Tensor, eps: float = 1e-4, weight: Tensor | None = None,
-                 reduce: Reduce | None = None) -> tuple[Tensor, Tensor]:
+                 reduce: Reduce = _local) -> tuple[Tensor, Tensor]:
     """VICReg's variance hinge (mean over dimensions of max(0, 1 − std)) and covariance
     penalty (squared off-diagonal covariances, summed, over the width) of (N, D); ``weight``
     (N,) of 0/1 leaves rows out (padding); ``reduce`` as in ``sigreg``."""
-    reduce = reduce or _local
     x = embeddings.float()
     w, n = _row_weights(x, weight, reduce)
     x = (x - _mean(x, w, n, reduce)) * w  # centred on the mean of all rows, everywhere
@@ -273,10 +276,6 @@ def sum_over_ranks(statistic: Tensor) -> Tensor:
     """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return dist_nn.all_reduce(statistic)
-    return statistic
-
-
-def _local(statistic: Tensor) -> Tensor:
     return statistic
 
 

@@ -299,8 +299,7 @@ def build_step_parts(config: RunConfig, device: torch.device) -> tuple[
     model = JEPA(config.model, config.optim).to(device)
     optimizer = make_optimizer(model, config.optim, fused=device.type == "cuda")
     schedule = Schedule(config.optim, config.train.max_steps)
-    sampler = MaskSampler(config.masking, seed=config.train.seed,
-                          pad_multiple=config.train.pad_multiple)
+    sampler = mask_sampler(config)
     if config.train.compile:
         compile_networks(model, config.train.compile_scope)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
@@ -364,13 +363,19 @@ def evaluate(model: JEPA, batches: list[MaskedBatch | PackedBatch], device,
     return float(total / count.clamp(min=1))
 
 
+def mask_sampler(config: RunConfig, seed_offset: int = 0) -> MaskSampler:
+    """The run's mask sampler: its mixture and views, its seed (+ ``seed_offset`` for a stream
+    of its own), widths rounded as ``train.pad_multiple`` asks."""
+    return MaskSampler(config.masking, seed=config.train.seed + seed_offset,
+                       pad_multiple=config.train.pad_multiple)
+
+
 def _validation_batches(bins: data.TokenBins, config: RunConfig
                         ) -> list[MaskedBatch | PackedBatch]:
     """The same validation batches at every evaluation, from a seed of their own (laid out as
     the training batches are, so a compiled run sees the shapes it already knows)."""
     loader = _validation_loader(bins, config, config.data.batch_size)
-    sampler = MaskSampler(config.masking, seed=config.train.seed + 1,
-                          pad_multiple=config.train.pad_multiple)
+    sampler = mask_sampler(config, seed_offset=1)
     batches = [sampler(*loader.next_batch()) for _ in range(config.train.eval_batches)]
     if config.train.pack_length:
         batches = [pack(batch, config.train.pack_length) for batch in batches]
