@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tjepa import train
 from tjepa.config import ConfigError
@@ -198,3 +200,94 @@ def test_compiled_networks_give_the_eager_loss_and_gradients(scope):
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
     for eager, compiled in zip(eager_grads, compiled_grads, strict=True):
         assert torch.allclose(eager, compiled, atol=1e-5, rtol=1e-3)
+
+
+class HostWaits(TorchDispatchMode):
+    """Records the operators in its block that make the host wait for a CUDA device: a
+    scalar read back (``.item()``, ``bool(t)``, ``if t:``), an output whose size depends on
+    the data (``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``), a comparison
+    answered on the host (``equal``). Dispatch modes see the operators a CPU run calls, so
+    these are caught here, before they reach a card."""
+
+    aten = torch.ops.aten
+    WAITING = {aten._local_scalar_dense.default, aten.nonzero.default, aten.argwhere.default,
+               aten.masked_select.default, aten.equal.default, aten.is_nonzero.default,
+               aten._unique2.default, aten.unique_consecutive.default, aten.unique_dim.default,
+               aten.repeat_interleave.Tensor, aten.bincount.default}
+    INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default,
+                aten._index_put_impl_.default}
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.WAITING or (func in self.INDEXING and any(
+                index is not None and index.dtype == torch.bool for index in args[1])):
+            self.calls.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_host_wait_audit_sees_item_boolean_indexing_and_host_side_optimizer_steps():
+    x = torch.ones(4)
+    with HostWaits() as waits:
+        x[x > 0] = 2
+        x.sum().item()
+        if x.any():
+            pass
+    assert waits.calls == ["aten.index_put_.default", *["aten._local_scalar_dense.default"] * 2]
+    # AdamW without fused or capturable reads its step count back on every step
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    optimizer = torch.optim.AdamW([p], foreach=True)
+    with HostWaits() as waits:
+        optimizer.step()
+    assert "aten._local_scalar_dense.default" in waits.calls
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optim.anti_collapse=\"ema\""],
+    ["optim.anti_collapse=\"ema\"", "train.pack_length=256"],
+    ["optim.anti_collapse=\"vicreg\"", "train.pack_length=256"],
+    ["optim.anti_collapse=\"sigreg\"", "train.grad_accum=2"],
+], ids=["ema-padded", "ema-packed", "vicreg-packed", "sigreg-accumulated"])
+def test_training_step_never_waits_for_the_device(overrides):
+    # The host must queue step n+1 while the card runs step n (issue #7). Eager on the CPU,
+    # with the fused AdamW that CUDA runs; masks are made ahead, as BatchStream does.
+    from tjepa.bench import synthetic_documents
+    from tjepa.jepa import make_optimizer
+
+    device = torch.device("cpu")
+    config = train.load_config(None, [*TINY, "model.vocab_size=60", *overrides])
+    config = replace(config, model=train.resolve_model(config, device, 60))
+    model, _, schedule, sampler, autocast = train.build_step_parts(config, device)
+    optimizer = make_optimizer(model, config.optim, fused=True)
+    documents = synthetic_documents(8, 96, 60, torch.Generator().manual_seed(0))
+    parts, total_targets = train.step_parts(sampler(*documents), config, train.Distributed())
+    for step in range(2):  # the first step also creates the optimizer's state
+        with HostWaits() as waits:
+            loss = train.training_step(model, model, optimizer, schedule, step, parts,
+                                       total_targets, train.Distributed(), device, autocast,
+                                       config.optim.grad_clip)
+        assert waits.calls == [], f"step {step} waits for the device: {waits.calls}"
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_flex_block_masks_are_built_without_waiting_for_the_device(packed):
+    # CUDA builds these in every step; the CPU can build them only without gradients.
+    from tjepa.masking import MaskingConfig, MaskSampler
+    from tjepa.model import attention_mask
+    from tjepa.packing import pack
+
+    batch = MaskSampler(MaskingConfig("ul2", views=2), seed=0)(
+        torch.randint(1, 50, (6, 96)), torch.tensor([96, 80, 64, 50, 40, 30]))
+    layout = pack(batch, 256)  # on the host, in BatchStream's thread
+    with torch.no_grad(), HostWaits() as waits:
+        if packed:
+            attention_mask(layout.predictor_group, "flex", layout.predictor_sequence)
+            attention_mask(torch.where(layout.context_valid, 0, -1), "flex",
+                           layout.context_sequence)
+        else:
+            attention_mask(torch.where(batch.context_valid, 0, -1), "flex")
+    assert waits.calls == []

@@ -87,9 +87,9 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         build_step_parts,
         load_config,
         mask_sampler,
-        optimizer_step,
         resolve_model,
         step_parts,
+        training_step,
     )
 
     overrides = [*(overrides or []), f"train.max_steps={steps + warmup}"]
@@ -108,10 +108,8 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
 
     def one_step(i: int, stream: BatchStream, config) -> None:
         (parts, total_targets), _ = stream.next()
-        schedule.apply(optimizer, i)
-        optimizer_step(model, model, optimizer, parts, total_targets, Distributed(), device,
-                       autocast, config.optim.grad_clip)
-        model.update_target(schedule.momentum(i))
+        training_step(model, model, optimizer, schedule, i, parts, total_targets, Distributed(),
+                      device, autocast, config.optim.grad_clip)
 
     for n, batch in enumerate(batches or [config.data.batch_size]):
         config = replace(config, data=replace(config.data, batch_size=batch))

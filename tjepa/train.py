@@ -229,11 +229,10 @@ def train(
     try:
         with stop:
             while step < end and not stop.requested:
-                schedule.apply(optimizer, step)
                 (parts, total_targets), n_tokens = stream.next()
-                step_loss = optimizer_step(network, model, optimizer, parts, total_targets,
-                                           world, device, autocast, config.optim.grad_clip)
-                model.update_target(schedule.momentum(step))
+                step_loss = training_step(network, model, optimizer, schedule, step, parts,
+                                          total_targets, world, device, autocast,
+                                          config.optim.grad_clip)
                 first_bad_step = torch.where(
                     ~torch.isfinite(step_loss) & (first_bad_step < 0), step, first_bad_step)
                 step += 1
@@ -322,13 +321,18 @@ def step_parts(batch: MaskedBatch, config: RunConfig, world: Distributed
     return parts, int(batch.target_valid.sum())
 
 
-def optimizer_step(network, model: JEPA, optimizer, parts: list[MaskedBatch | PackedBatch],
-                   total_targets: int, world: Distributed, device, autocast,
-                   grad_clip: float) -> torch.Tensor:
-    """Forward and backward over this rank's micro-batches (``step_parts``), clip, step.
-    Returns the mean loss over the whole global batch (this rank's part of it;
-    ``_global_mean`` adds the rest). Nothing here waits for the device: no ``.item()``, no
-    pageable copies."""
+def training_step(network, model: JEPA, optimizer, schedule: Schedule, step: int,
+                  parts: list[MaskedBatch | PackedBatch], total_targets: int, world: Distributed,
+                  device, autocast, grad_clip: float) -> torch.Tensor:
+    """One step as ``train`` and ``tjepa.bench`` run it: the schedule's learning rate and
+    weight decay, forward and backward over this rank's micro-batches (``step_parts``), clip,
+    optimizer step, EMA update. Returns the mean loss over the whole global batch (this rank's
+    part of it; ``_global_mean`` adds the rest).
+
+    Nothing here waits for the device — no ``.item()``, no boolean indexing, no pageable
+    copies — so the host queues the next step while the card runs this one; a test audits it.
+    """
+    schedule.apply(optimizer, step)
     n_parts = world.world_size * len(parts)
     step_loss = torch.zeros((), device=device)
     for micro, part in enumerate(parts):
@@ -346,6 +350,7 @@ def optimizer_step(network, model: JEPA, optimizer, parts: list[MaskedBatch | Pa
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    model.update_target(schedule.momentum(step))
     return step_loss
 
 
