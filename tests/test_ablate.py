@@ -6,6 +6,7 @@ import json
 
 from tests.test_train import TINY
 from tjepa import ablate
+from tjepa.eval import write_readme_table
 from tjepa.masking import CONFIG_DIR
 
 
@@ -28,7 +29,7 @@ def test_ablate_trains_and_probes_every_mechanism(tinytales_bins, tmp_path):
     assert json.loads((tmp_path / "table.json").read_text())["rows"] == result["rows"]
     assert (tmp_path / "ablation.png").exists()
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{ablate.README_START}\nold\n{ablate.README_END}\nend\n")
-    ablate.write_readme_table(readme, table, "python -m tjepa.ablate --steps 3")
+    readme.write_text("intro\n<!-- ablation:start -->\nold\n<!-- ablation:end -->\nend\n")
+    write_readme_table(readme, ablate.README_MARKER, table, "python -m tjepa.ablate --steps 3")
     text = readme.read_text()
     assert table in text and "old" not in text and text.endswith("end\n")

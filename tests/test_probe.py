@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import torch
 from tests.test_train import tiny
 from tjepa import eval as tjepa_eval
 from tjepa import probe, train
+from tjepa.train import TrainingError
 
 
 def test_linear_probe_reads_a_linearly_coded_label_and_not_noise():
@@ -103,3 +105,36 @@ def test_load_run_rebuilds_the_runs_anti_collapse_mechanism(tinytales_bins, tmp_
     model, loaded, _ = tjepa_eval.load_run(tmp_path / "run")
     assert loaded.optim.anti_collapse == "sigreg"
     assert model.target_encoder is model.context_encoder  # no EMA copy: it makes its own targets
+
+
+def test_runs_table_sets_saved_evaluations_side_by_side_and_writes_the_readme(tiny_run,
+                                                                              tmp_path):
+    tjepa_eval.evaluate(tiny_run, max_documents=200, random_inits=1, progress=False)
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_run, twin)
+    report = json.loads((twin / "eval.json").read_text())
+    report["probes"][0]["trained"] = 0.123456
+    (twin / "eval.json").write_text(json.dumps(report))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- runs:start -->\nold\n<!-- runs:end -->\nend\n")
+    result = subprocess.run([sys.executable, "-m", "tjepa.eval", str(tiny_run), str(twin),
+                             "--saved", "--readme", str(readme)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    table = tjepa_eval.runs_table([tiny_run, twin])
+    assert result.stdout.strip() == table
+    text = readme.read_text()
+    assert table in text and "old" not in text and text.endswith("end\n")
+    assert f"--saved --readme {readme}`" in text  # the command that wrote it
+    header, _, *rows = table.splitlines()
+    assert header.startswith(f"| probe | {tiny_run.name} | twin |")
+    first = report["probes"][0]["name"]
+    assert any(row.startswith(f"| {first} (") and "| 0.123 |" in row for row in rows)
+    kinds = [row.split("(")[1].split(")")[0] for row in rows if "(" in row.split("|")[1]]
+    assert kinds == sorted(kinds, key=tjepa_eval.KIND_ORDER.index)  # semantic first
+    assert rows.index("| **semantic gain** | " + " | ".join(
+        [f"**{report['semantic_gain']:+.3f}**"] * 2) + " | |") == kinds.count("semantic")
+    del report["probes"][0]
+    (twin / "eval.json").write_text(json.dumps(report))
+    with pytest.raises(TrainingError, match="another suite"):
+        tjepa_eval.runs_table([tiny_run, twin])

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from tjepa import plot, probe
-from tjepa.eval import evaluate
+from tjepa.eval import evaluate, write_readme_table
 from tjepa.masking import CONFIG_DIR
 from tjepa.train import load_config, read_metrics, train
 
 MECHANISMS = ("ema", "sigreg", "vicreg")
-README_START, README_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
+README_MARKER = "ablation"  # the table lies between <!-- ablation:start/end --> in README.md
 
 
 def ablate(data_dir: str | None = None, steps: int | None = None, seeds: int = 1,
@@ -110,16 +110,6 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme_table(readme: Path, table: str, command: str) -> None:
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme}: no {README_START} … {README_END} markers to write between")
-    before, rest = text.split(README_START, 1)
-    _, after = rest.split(README_END, 1)
-    block = f"{README_START}\n<!-- written by `{command}` -->\n{table}\n{README_END}"
-    readme.write_text(before + block + after)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tjepa.ablate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.readme:
         command = "python -m tjepa.ablate " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_readme_table(Path(args.readme), table, command.strip())
+        write_readme_table(args.readme, README_MARKER, table, command.strip())
     if args.json:
         print(json.dumps({"rows": result["rows"], "seeds": result["seeds"]}))
     return 0

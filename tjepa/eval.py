@@ -1,10 +1,14 @@
 """Evaluate a run: the probe suite on its frozen encoder, against random init and a bag of words.
 
     python -m tjepa.eval out/default-20260101-120000 [--data DIR] [--json]
+    python -m tjepa.eval RUN RUN ... [--saved] [--readme README.md]
 
-Writes ``eval.json`` and ``eval.png`` into the run folder; with ``--json`` the last line printed
-is ``{"probes": [...], "rankme": ...}``. Also home of ``load_run`` and ``embed``: what a user
-needs to take a trained encoder to their own task.
+Writes ``eval.json`` and ``eval.png`` into each run folder; with ``--json`` the last line
+printed is ``{"probes": [...], "rankme": ...}`` (of the last run). Given several runs it also
+prints them side by side (``runs_table``); ``--saved`` reads their ``eval.json`` instead of
+probing again, and ``--readme`` writes the table between the README's ``runs`` markers, so the
+README shows what the command printed and nothing typed by hand. Also home of ``load_run`` and
+``embed``: what a user needs to take a trained encoder to their own task.
 """
 
 from __future__ import annotations
@@ -79,28 +83,94 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, device: st
     return report
 
 
+KIND_ORDER = ("semantic", "nonlinear", "lexical", "information")
+
+
+def runs_table(run_dirs: list[str | Path]) -> str:
+    """Runs side by side from their ``eval.json`` and metrics: every probe (semantic first,
+    then their mean gain), the final RankMe, the collapse alarm, and the loss from the first to
+    the last log; the last column holds each run's random-init baseline."""
+    run_dirs = [Path(r) for r in run_dirs]
+    reports = []
+    for run_dir in run_dirs:
+        if not (run_dir / "eval.json").is_file():
+            raise TrainingError(f"{run_dir}: no eval.json; run python -m tjepa.eval {run_dir}")
+        reports.append(json.loads((run_dir / "eval.json").read_text()))
+    probes = [{p["name"]: p for p in r["probes"]} for r in reports]
+    mismatched = [str(d) for d, found in zip(run_dirs, probes, strict=True)
+                  if set(found) != set(probes[0])]
+    if mismatched:
+        raise TrainingError(f"{', '.join(mismatched)}: probed with another suite than "
+                            f"{run_dirs[0]}; evaluate them again")
+    cell = lambda values: " | ".join(values)
+    lines = [f"| probe | {cell(d.name for d in run_dirs)} | random init (each run) |",
+             "|" + " --- |" * (len(run_dirs) + 2)]
+    for kind in KIND_ORDER:
+        for name in [n for n, p in probes[0].items() if p["kind"] == kind]:
+            trained = cell(f"{found[name]['trained']:.3f}" for found in probes)
+            baseline = " / ".join(f"{found[name]['random_init']:.3f}" for found in probes)
+            lines.append(f"| {name} ({kind}) | {trained} | {baseline} |")
+        if kind == "semantic":
+            gains = cell(f"**{r['semantic_gain']:+.3f}**" for r in reports)
+            lines.append(f"| **semantic gain** | {gains} | |")
+    metrics = [read_metrics(d) for d in run_dirs]
+    rankme = cell("—" if r["rankme"] is None else f"{r['rankme']:.0f}" for r in reports)
+    alarms = cell("yes" if any(m.get("collapse_alarm") for m in logged) else "no"
+                  for logged in metrics)
+    losses = cell(f"{logged[0]['loss']:.3f} → {logged[-1]['loss']:.3f}" for logged in metrics)
+    lines += [f"| token RankMe | {rankme} | |", f"| collapse alarm | {alarms} | |",
+              f"| loss, first → last log | {losses} | |"]
+    return "\n".join(lines)
+
+
+def write_readme_table(readme: str | Path, marker: str, table: str, command: str) -> None:
+    """Replace what lies between ``<!-- {marker}:start -->`` and ``<!-- {marker}:end -->`` in
+    ``readme`` with ``table``, saying which command wrote it."""
+    readme = Path(readme)
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme}: no {start} … {end} markers to write between")
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    readme.write_text(f"{before}{start}\n<!-- written by `{command}` -->\n{table}\n{end}{after}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tjepa.eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir")
+    parser.add_argument("run_dirs", nargs="+", metavar="run_dir")
     parser.add_argument("--data", help="bins folder (default: the run's data.dir)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-documents", type=int, default=probe.MAX_PROBE_DOCUMENTS,
                         help="documents per split for the probes")
     parser.add_argument("--random-inits", type=int, default=probe.RANDOM_INITS,
                         help="random-init twins whose mean is the baseline")
+    parser.add_argument("--saved", action="store_true",
+                        help="with several runs: table their saved eval.json, probe nothing")
+    parser.add_argument("--readme", help="with several runs: write their table between this "
+                                         "file's <!-- runs:start/end --> markers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
-        report = evaluate(args.run_dir, args.data, args.device, args.max_documents,
-                          args.random_inits)
+        for run_dir in [] if args.saved else args.run_dirs:
+            report = evaluate(run_dir, args.data, args.device, args.max_documents,
+                              args.random_inits)
+            print(f"{run_dir}:")
+            print(probe.results_table([probe.ProbeResult(**r) for r in report["probes"]]))
+            print(f"mean gain over random init on semantic probes: "
+                  f"{report['semantic_gain']:+.3f}; final RankMe {report['rankme']}")
+        table = runs_table(args.run_dirs) if len(args.run_dirs) > 1 or args.saved else None
     except (ConfigError, data.DataError, TrainingError) as e:
         print(f"tjepa.eval: error: {e}", file=sys.stderr)
         return 1
-    print(probe.results_table([probe.ProbeResult(**r) for r in report["probes"]]))
-    print(f"mean gain over random init on semantic probes: {report['semantic_gain']:+.3f}; "
-          f"final RankMe {report['rankme']}")
-    if args.json:
+    if table:
+        print(table)
+        if args.readme:
+            words = argv if argv is not None else sys.argv[1:]
+            write_readme_table(args.readme, "runs", table, "python -m tjepa.eval " +
+                               " ".join(words))
+    if args.json and not args.saved:
         print(json.dumps({k: report[k] for k in ("probes", "rankme", "semantic_gain")}))
     return 0
 
