@@ -29,6 +29,7 @@ def test_step_bench_prints_one_json_line_with_the_reported_fields(capsys):
         assert (result["batch"], result["views"], result["pad_multiple"], result["pack_length"]
                 ) == (4, 2, 32, pack_length)
         assert result["tokens_per_s"] > 0 and result["step_ms"] > 0
+        assert result["data_ms"] > 0 and result["data_wait_ms"] >= 0
         assert isinstance(result["tflops"], float)  # rounds to 0.0 for a model this small
         paddings[pack_length] = result["padding"]
     assert 0 < paddings[128] < paddings[0] < 1

@@ -49,7 +49,30 @@ def test_loss_falls_on_tinytales(tinytales_bins, tmp_path):
         p.name for p in run.iterdir()}
     records = train.read_metrics(run)
     assert all("step" in r and "loss" in r for r in records)
+    assert all(0 <= r["data_wait"] < 1 for r in records)
     assert any("val_loss" in r for r in records)
+
+
+def test_batch_stream_counts_the_time_spent_making_batches_and_waiting_for_them():
+    from tjepa.masking import MaskingConfig, MaskSampler
+
+    class SlowLoader:  # a batch every 0.1 s: the consumer below always waits
+        position = 0
+
+        def next_batch(self):
+            time.sleep(0.1)
+            self.position += 1
+            return torch.randint(1, 50, (2, 32)), torch.tensor([32, 20])
+
+    stream = train.BatchStream(SlowLoader(), MaskSampler(MaskingConfig("ul2"), seed=0),
+                               lambda batch: ([batch], int(batch.target_valid.sum())))
+    try:
+        for _ in range(3):
+            stream.next()
+    finally:
+        stream.close()
+    assert stream.made >= 3 and stream.making_s >= 0.1 * stream.made
+    assert stream.waiting_s >= 0.25  # three batches of 0.1 s, none made ahead
 
 
 def test_resume_logs_identical_losses(tinytales_bins, tmp_path):

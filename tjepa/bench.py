@@ -75,6 +75,9 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     measured. The model is built and compiled once for all of them, so a sweep pays the
     compiler once (plus a recompile where a shape first varies).
 
+    ``data_ms`` is the time the batch thread takes to make a batch, ``data_wait_ms`` the time
+    each timed step waited for one (near 0 when the thread keeps ahead).
+
     ``overrides`` are ``SECTION.KEY=VALUE`` strings, as ``python -m tjepa.train --set``.
     ``profile`` > 0 profiles that many more steps at the first batch size and prints the
     operators that took the most device (or CPU) time, to stderr. On CUDA the sweep stops
@@ -130,11 +133,13 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
             warmup_s = time.perf_counter() - started
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            started = time.perf_counter()
+            started, waited = time.perf_counter(), stream.waiting_s
             for i in tqdm(range(steps), desc=f"batch {batch}: step", leave=False):
                 step(warmup + i)
             sync()
             seconds = (time.perf_counter() - started) / steps
+            data_wait_s = (stream.waiting_s - waited) / steps
+            data_s = stream.making_s / max(stream.made, 1)
             peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
             host_syncs = _count_host_syncs(partial(step, 0)) if cuda else None
             device_busy = (_print_profile(step, profile, device, first=warmup + steps)
@@ -169,6 +174,8 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
             "tflops": round(flops / seconds / 1e12, 2),
             "mfu": round(flops / seconds / peak, 4) if peak else None,
             "peak_mem_gib": round(peak_gib, 2) if peak_gib is not None else None,
+            "data_ms": round(1000 * data_s, 2),
+            "data_wait_ms": round(1000 * data_wait_s, 2),
             "host_syncs": host_syncs,
             "device_busy": round(device_busy, 3) if device_busy is not None else None,
             "warmup_s": round(warmup_s, 1),
@@ -331,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step: {result['step_ms']} ms, {result['tokens_per_s']:,.0f} input "
                   f"tokens/s, {result['tflops']} TFLOP/s on {result['device']} (batch "
                   f"{result['batch']}, {result['views']} views, compile {result['compile']}, "
-                  f"{100 * result['padding']:.0f} % of the token slots padding{memory})")
+                  f"{100 * result['padding']:.0f} % of the token slots padding{memory}); "
+                  f"batches made in {result['data_ms']} ms, the step waited "
+                  f"{result['data_wait_ms']} ms for each")
             if args.json:
                 print(json.dumps(result), flush=True)
         return 0

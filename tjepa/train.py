@@ -225,7 +225,7 @@ def train(
                dynamic_ncols=True)
     first_bad_step = torch.full((), -1, device=device)  # tracked on the device: no sync per step
     started, losses, rankme = time.perf_counter(), [], float("nan")
-    window_tokens, window_start = 0, time.perf_counter()
+    window_tokens, window_start, window_waited = 0, time.perf_counter(), 0.0
     try:
         with stop:
             while step < end and not stop.requested:
@@ -246,10 +246,15 @@ def train(
                     loss = _global_mean(step_loss, world)
                     now = time.perf_counter()
                     tokens_per_s = window_tokens / max(now - window_start, 1e-9)
-                    window_tokens, window_start = 0, now
+                    # the share of the time spent waiting for batches: well above 0, the data
+                    # thread sets the pace, not the device
+                    data_wait = (stream.waiting_s - window_waited) / max(now - window_start,
+                                                                         1e-9)
+                    window_tokens, window_start, window_waited = 0, now, stream.waiting_s
                     record = {"step": step, "loss": loss, "lr": schedule.lr(step - 1),
                               "momentum": schedule.momentum(step - 1),
                               "tokens_per_s": round(tokens_per_s, 1),
+                              "data_wait": round(data_wait, 4),
                               "elapsed_s": round(now - started, 2)}
                     if step % config.train.eval_interval == 0 or is_last:
                         record["val_loss"] = evaluate(model, val_batches, device, autocast)
@@ -453,13 +458,15 @@ class BatchStream:
     """Batches made ahead in a background thread — drawn, masked, split into this rank's parts
     (``prepare``), pinned — so that work overlaps the device's. The state it reports (loader
     position, sampler generator) is that of the last batch handed out, not of the ones made
-    ahead: checkpoints resume exactly."""
+    ahead: checkpoints resume exactly. ``making_s`` and ``waiting_s`` say whether the thread
+    keeps ahead: seconds spent making the ``made`` batches, and seconds ``next`` waited."""
 
     def __init__(self, loader: data.DocumentLoader, sampler: MaskSampler,
                  prepare: Callable[[MaskedBatch], tuple[list, int]], pin: bool = False,
                  ahead: int = 2):
         self.loader, self.sampler, self.prepare, self.pin = loader, sampler, prepare, pin
         self.loader_position, self.sampler_state = loader.position, sampler.state_dict()
+        self.made, self.making_s, self.waiting_s = 0, 0.0, 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, daemon=True)
@@ -468,10 +475,13 @@ class BatchStream:
     def _produce(self) -> None:
         try:
             while not self._stop.is_set():
+                started = time.perf_counter()
                 tokens, lengths = self.loader.next_batch()
                 parts, total_targets = self.prepare(self.sampler(tokens, lengths))
                 if self.pin:
                     parts = [part.pin_memory() for part in parts]
+                self.made, self.making_s = self.made + 1, self.making_s + (
+                    time.perf_counter() - started)
                 item = ((parts, total_targets), int(lengths.sum()), self.loader.position,
                         self.sampler.state_dict())
                 while not self._stop.is_set():
@@ -487,7 +497,9 @@ class BatchStream:
         """The next batch as ``prepare`` made it, and its number of input tokens."""
         if self._stop.is_set():
             raise RuntimeError("the batch stream is closed")
+        started = time.perf_counter()
         item = self._queue.get()
+        self.waiting_s += time.perf_counter() - started
         if isinstance(item, BaseException):
             raise item
         batch, n_tokens, self.loader_position, self.sampler_state = item
