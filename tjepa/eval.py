@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "file's <!-- runs:start/end --> markers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    tabled = len(args.run_dirs) > 1 or args.saved
+    if args.readme and not tabled:
+        parser.error("--readme writes the table of several runs (or of --saved ones)")
     try:
         for run_dir in [] if args.saved else args.run_dirs:
             report = evaluate(run_dir, args.data, args.device, args.max_documents,
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             print(probe.results_table([probe.ProbeResult(**r) for r in report["probes"]]))
             print(f"mean gain over random init on semantic probes: "
                   f"{report['semantic_gain']:+.3f}; final RankMe {report['rankme']}")
-        table = runs_table(args.run_dirs) if len(args.run_dirs) > 1 or args.saved else None
+        table = runs_table(args.run_dirs) if tabled else None
     except (ConfigError, data.DataError, TrainingError) as e:
         print(f"tjepa.eval: error: {e}", file=sys.stderr)
         return 1
