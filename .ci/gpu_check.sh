@@ -5,7 +5,9 @@
 # .whl holds the wheels that machine lacks (rotary-embedding-torch); data/sample the bins of
 # ../shared/data/tinystories_valid_sample.txt, made here with
 #   python -m tjepa.data --source ../shared/data/tinystories_valid_sample.txt --out data/sample
-# Everything it prints is also in $OUT/log.txt; the bench lines are gathered in $OUT/bench.jsonl.
+# Everything it prints is also in $OUT/log.txt; the bench lines are gathered in $OUT/bench.jsonl
+# and set in a table in $OUT/table.md after each command (for the README:
+#   python -m tjepa.bench table bench.jsonl --readme README.md --marker bench-gpu).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
@@ -17,6 +19,7 @@ run() {  # run CAP COMMAND...: capped, logged; the bench's JSON lines gathered a
     echo "== $*" | tee -a "$OUT/log.txt"
     timeout "$@" 2>&1 | tee -a "$OUT/log.txt" | grep -v '^{"bench"' | tail -n 8
     grep -h '^{"bench"' "$OUT/log.txt" > "$OUT/bench.jsonl"
+    python3 -m tjepa.bench table "$OUT/bench.jsonl" > "$OUT/table.md" 2>/dev/null
 }
 
 # Most important first: whatever the cap cuts short, what ran is in $OUT. Every bench line

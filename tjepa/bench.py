@@ -7,6 +7,11 @@
 
 Each prints a human line per measurement and (with ``--json``) one JSON object after it: a
 sweep over batch sizes prints one per batch, the last line being the last batch measured.
+
+    python -m tjepa.bench table bench.jsonl [--readme README.md --marker bench-cpu]
+
+sets the ``step`` JSON lines found in files (logs too: other lines are skipped) in a markdown
+table, one row per measurement; ``--readme`` writes it between the README's markers.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -284,6 +290,46 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def results_table(results: list[dict]) -> str:
+    """``bench_step`` results (their JSON lines) as a markdown table, one row each; columns
+    that no result fills (MFU, memory, syncs on a CPU) are left out."""
+    head = ["device", "config", "views", "batch", "layout", "path", "ms/step",
+            "input tokens/s", "TFLOP/s", "MFU", "peak memory", "padding", "warm-up",
+            "data wait", "host syncs", "device busy"]
+    dash = "—"
+    rows = []
+    for r in results:
+        path = (f"compiled ({r['compile_scope']}), {r['attention']}" if r["compile"]
+                else f"eager, {r['attention']}")
+        speed = r["tokens_per_s"]
+        syncs = r.get("host_syncs")
+        rows.append([
+            r["device"], Path(r["config"]).stem, str(r["views"]), str(r["batch"]),
+            f"packed, L {r['pack_length']}" if r["pack_length"] else "padded", path,
+            f"{r['step_ms']:,.1f}", f"{speed:,.0f}" if speed < 1e4 else f"{speed / 1e3:,.1f}k",
+            f"{r['tflops']:.3g}", dash if r["mfu"] is None else f"{r['mfu']:.1%}",
+            dash if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.1f} GiB",
+            f"{r['padding']:.0%}", f"{r['warmup_s']:.0f} s",
+            dash if r.get("data_wait_ms") is None else f"{r['data_wait_ms']:.1f} ms",
+            dash if syncs is None else str(syncs["count"]),
+            dash if r.get("device_busy") is None else f"{r['device_busy']:.0%}",
+        ])
+    kept = [i for i in range(len(head)) if any(row[i] != dash for row in rows)]
+    lines = ["| " + " | ".join(head[i] for i in kept) + " |", "|" + " --- |" * len(kept)]
+    lines += ["| " + " | ".join(row[i] for i in kept) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def read_results(paths: Sequence[str | Path]) -> list[dict]:
+    """The ``step`` results among the lines of these files, in order."""
+    results = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith('{"bench": "step"'):
+                results.append(json.loads(line))
+    return results
+
+
 def _peak_flops(device: torch.device) -> float | None:
     """Dense bf16 peak of the card, for MFU; None on CPU or an unknown card."""
     if device.type != "cuda":
@@ -323,7 +369,26 @@ def main(argv: list[str] | None = None) -> int:
     step.add_argument("--max-memory-gib", type=float, default=None,
                       help="CUDA: stop the sweep after a batch whose peak passes this")
     step.add_argument("--json", action="store_true")
+    table = sub.add_parser("table", help="set the step results of JSON-line files in a table")
+    table.add_argument("files", nargs="+")
+    table.add_argument("--readme", help="write the table between this file's markers")
+    table.add_argument("--marker", default="bench",
+                       help="the markers' name: <!-- NAME:start --> … <!-- NAME:end -->")
     args = parser.parse_args(argv)
+
+    if args.what == "table":
+        from tjepa.eval import write_readme_table
+
+        results = read_results(args.files)
+        if not results:
+            parser.error(f"no step results in {', '.join(args.files)}")
+        text = results_table(results)
+        print(text)
+        if args.readme:
+            words = argv if argv is not None else sys.argv[1:]
+            write_readme_table(args.readme, args.marker, text,
+                               "python -m tjepa.bench " + " ".join(words))
+        return 0
 
     if args.what == "masking":
         result = bench_masking(args.batch, args.views, args.mixture, iters=args.iters)
