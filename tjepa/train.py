@@ -725,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['losses'][0]:.4f} → {summary['losses'][-1]:.4f}"
               + (f", best val {best:.4f}" if math.isfinite(best) else "")
               + f", {summary['seconds']:.0f} s")
+        print(f"probe it: python -m tjepa.eval {summary['run_dir']}")
     return 0
 
 
