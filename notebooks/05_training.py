@@ -76,6 +76,16 @@ plot.training_figure(records);
 # %%
 plot.collapse_figure({"target encoder": records});
 
+# %% [markdown]
+# `tokens_per_s` counts input tokens per second between two logs; `data_wait` is the share of
+# that time the loop spent waiting for the batch thread (masking and packing run there, ahead
+# of the step). Near 0, the device sets the pace; well above it, the data does.
+
+# %%
+tokens_per_s, data_wait = train.throughput(records)
+print(f"median {tokens_per_s:,.0f} input tokens/s; waiting for batches {data_wait:.1%} of the time")
+assert tokens_per_s > 0 and 0 <= data_wait < 1
+
 # %%
 losses = [r["loss"] for r in records]
 print(f"loss {losses[0]:.4f} → {losses[-1]:.4f}; best validation {summary['best_val_loss']:.4f}")

@@ -50,6 +50,8 @@ def test_loss_falls_on_tinytales(tinytales_bins, tmp_path):
     records = train.read_metrics(run)
     assert all("step" in r and "loss" in r for r in records)
     assert all(0 <= r["data_wait"] < 1 for r in records)
+    tokens_per_s, data_wait = train.throughput(records)
+    assert tokens_per_s > 0 and 0 <= data_wait < 1
     assert any("val_loss" in r for r in records)
 
 

@@ -19,6 +19,7 @@ import math
 import os
 import queue
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -611,6 +612,19 @@ class MetricsLog:
                 getattr(tracker, "finish", getattr(tracker, "close", lambda: None))()
 
 
+def throughput(records: list[dict]) -> tuple[float, float]:
+    """Median input tokens/s of a run's logged windows, and the median share of their time
+    spent waiting for batches; the first window (compiling, the first batches) is left out
+    when there are others. NaN for a run that logged nothing."""
+    windows = [r for r in records if "tokens_per_s" in r]
+    windows = windows[1:] or windows
+    if not windows:
+        return math.nan, math.nan
+    median = lambda values: float(statistics.median(values))
+    return (median(r["tokens_per_s"] for r in windows),
+            median(r.get("data_wait", math.nan) for r in windows))
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line]
@@ -725,7 +739,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['losses'][0]:.4f} → {summary['losses'][-1]:.4f}"
               + (f", best val {best:.4f}" if math.isfinite(best) else "")
               + f", {summary['seconds']:.0f} s")
-        print(f"probe it: python -m tjepa.eval {summary['run_dir']}")
+        tokens_per_s, data_wait = throughput(read_metrics(summary["run_dir"]))
+        print(f"median {tokens_per_s:,.0f} input tokens/s, waiting for batches "
+              f"{data_wait:.1%} of the time; probe it: python -m tjepa.eval "
+              f"{summary['run_dir']}")
     return 0
 
 
