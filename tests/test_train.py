@@ -316,3 +316,48 @@ def test_flex_block_masks_are_built_without_waiting_for_the_device(packed):
         else:
             attention_mask(torch.where(batch.context_valid, 0, -1), "flex")
     assert waits.calls == []
+
+
+def _saved_bytes_and_gradients(model, batch) -> tuple[int, list[torch.Tensor]]:
+    """Bytes autograd keeps for the backward of one loss (each storage once), and the grads."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss_sum, count, regularizer = model(batch)
+    (loss_sum / count + regularizer).backward()
+    return sum(storages.values()), [p.grad.clone() for p in model.parameters()
+                                    if p.grad is not None]
+
+
+@pytest.mark.parametrize("scope", [None, "block", "network"], ids=["eager", "block", "network"])
+def test_recomputed_activations_give_the_same_gradients_and_keep_less_for_the_backward(scope):
+    # train.recompute_activations: the blocks run again in the backward (a memory for compute
+    # trade, for larger batches on a card); the gradients must not change.
+    from tjepa.masking import MaskingConfig, MaskSampler
+    from tjepa.packing import pack
+
+    config = train.load_config(None, [*TINY, "model.depth=3", "model.vocab_size=50",
+                                      'optim.anti_collapse="vicreg"'])
+    batch = pack(MaskSampler(MaskingConfig("ul2", views=2), seed=0)(
+        torch.randint(1, 50, (6, 64), generator=torch.Generator().manual_seed(0)),
+        torch.tensor([64, 60, 50, 40, 30, 20])), row_length=128)
+    def run(recompute: bool, scope: str | None):
+        torch.manual_seed(0)
+        model = train.JEPA(config.model, config.optim)
+        for network in (model.context_encoder, model.predictor):
+            network.transformer.recompute = recompute
+        if scope:
+            train.compile_networks(model, scope)
+        return _saved_bytes_and_gradients(model, batch)
+
+    stored, stored_grads = run(False, None)
+    recomputed, recomputed_grads = run(True, scope)
+    for a, b in zip(stored_grads, recomputed_grads, strict=True):  # compiled: as in the test above
+        assert torch.allclose(a, b, atol=1e-6 if scope is None else 1e-5,
+                              rtol=1e-5 if scope is None else 1e-3)
+    if scope is None:  # compiled graphs save their tensors out of these hooks' sight
+        assert recomputed < stored / 2, (recomputed, stored)
