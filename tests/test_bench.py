@@ -116,10 +116,10 @@ def test_bench_table_reads_step_lines_from_a_log_and_writes_the_readme(tmp_path,
            "peak_mem_gib": None, "data_ms": 2.18, "data_wait_ms": 0.05, "host_syncs": None,
            "device_busy": None, "warmup_s": 1.1, "threads": 2}
     gpu = {**cpu, "device": "NVIDIA H200", "config": "configs/tinystories.toml",
-           "compile": True, "attention": "flex", "views": 3, "batch": 64,
-           "pack_length": 2048, "padding": 0.03, "step_ms": 65.3, "tokens_per_s": 183100.0,
-           "tflops": 91.6, "mfu": 0.0926, "peak_mem_gib": 15.1, "host_syncs": {
-               "count": 0, "where": []}, "device_busy": 0.97, "warmup_s": 84.0}
+           "compile": True, "recompute_activations": True, "attention": "flex", "views": 3,
+           "batch": 64, "pack_length": 2048, "padding": 0.03, "step_ms": 65.3,
+           "tokens_per_s": 183100.0, "tflops": 91.6, "mfu": 0.0926, "peak_mem_gib": 15.1,
+           "host_syncs": {"count": 0, "where": []}, "device_busy": 0.97, "warmup_s": 84.0}
     del gpu["data_wait_ms"]  # lines from before the field existed still read
     log = tmp_path / "log.txt"
     log.write_text(f"== a command\nstep: 490.96 ms ...\n{json.dumps(cpu)}\n"
@@ -133,8 +133,8 @@ def test_bench_table_reads_step_lines_from_a_log_and_writes_the_readme(tmp_path,
     assert cpu_row == ("| cpu | default | 1 | 32 | padded | eager, sdpa | 491.0 | 11.1k | 0.07 "
                        "| — | — | 25% | 1 s | 0.1 ms | — | — |")
     assert gpu_row == ("| NVIDIA H200 | tinystories | 3 | 64 | packed, L 2048 | compiled "
-                       "(block), flex | 65.3 | 183.1k | 91.6 | 9.3% | 15.1 GiB | 3% | 84 s | — "
-                       "| 0 | 97% |")
+                       "(block), flex, recompute | 65.3 | 183.1k | 91.6 | 9.3% | 15.1 GiB | 3% "
+                       "| 84 s | — | 0 | 97% |")
     text = readme.read_text()
     assert table in text and "old" not in text and "--marker bench-gpu`" in text
     # on a CPU alone: no MFU, memory, syncs or busy columns, and slow speeds in full

@@ -174,6 +174,7 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
             "batch": batch,
             "pad_multiple": config.train.pad_multiple,
             "pack_length": config.train.pack_length,
+            "recompute_activations": config.train.recompute_activations,
             "padding": round(sum(map(padding_share, laid_out)) / len(laid_out), 4),
             "step_ms": round(1000 * seconds, 2),
             "tokens_per_s": round(tokens_per_step / seconds, 1),
@@ -301,6 +302,7 @@ def results_table(results: list[dict]) -> str:
     for r in results:
         path = (f"compiled ({r['compile_scope']}), {r['attention']}" if r["compile"]
                 else f"eager, {r['attention']}")
+        path += ", recompute" if r.get("recompute_activations") else ""
         speed = r["tokens_per_s"]
         syncs = r.get("host_syncs")
         rows.append([
