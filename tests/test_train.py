@@ -275,7 +275,8 @@ def test_the_host_wait_audit_sees_item_boolean_indexing_and_host_side_optimizer_
     ["optim.anti_collapse=\"ema\"", "train.pack_length=256"],
     ["optim.anti_collapse=\"vicreg\"", "train.pack_length=256"],
     ["optim.anti_collapse=\"sigreg\"", "train.grad_accum=2"],
-], ids=["ema-padded", "ema-packed", "vicreg-packed", "sigreg-accumulated"])
+    ["optim.anti_collapse=\"ema\"", "train.pack_length=256", "train.recompute_activations=true"],
+], ids=["ema-padded", "ema-packed", "vicreg-packed", "sigreg-accumulated", "ema-recomputed"])
 def test_training_step_never_waits_for_the_device(overrides):
     # The host must queue step n+1 while the card runs step n (issue #7). Eager on the CPU,
     # with the fused AdamW that CUDA runs; masks are made ahead, as BatchStream does.
