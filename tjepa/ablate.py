@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a value in all three configs")
     parser.add_argument("--readme", help="rewrite the table between this file's markers")
+    parser.add_argument("--marker", default=README_MARKER,
+                        help="the markers' name: <!-- NAME:start --> … <!-- NAME:end -->")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = ablate(args.data, args.steps, args.seeds, args.out, args.max_documents, args.set,
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.readme:
         command = "python -m tjepa.ablate " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_readme_table(args.readme, README_MARKER, table, command.strip())
+        write_readme_table(args.readme, args.marker, table, command.strip())
     if args.json:
         print(json.dumps({"rows": result["rows"], "seeds": result["seeds"]}))
     return 0
