@@ -346,18 +346,20 @@ def test_recomputed_activations_give_the_same_gradients_and_keep_less_for_the_ba
     batch = pack(MaskSampler(MaskingConfig("ul2", views=2), seed=0)(
         torch.randint(1, 50, (6, 64), generator=torch.Generator().manual_seed(0)),
         torch.tensor([64, 60, 50, 40, 30, 20])), row_length=128)
-    def run(recompute: bool, scope: str | None):
+
+    def run(recompute: bool, compile_scope: str | None):
         torch.manual_seed(0)
         model = train.JEPA(config.model, config.optim)
         for network in (model.context_encoder, model.predictor):
             network.transformer.recompute = recompute
-        if scope:
-            train.compile_networks(model, scope)
+        if compile_scope:
+            train.compile_networks(model, compile_scope)
         return _saved_bytes_and_gradients(model, batch)
 
     stored, stored_grads = run(False, None)
     recomputed, recomputed_grads = run(True, scope)
-    for a, b in zip(stored_grads, recomputed_grads, strict=True):  # compiled: as in the test above
+    # compiled: the tolerances of test_compiled_networks_give_the_eager_loss_and_gradients
+    for a, b in zip(stored_grads, recomputed_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6 if scope is None else 1e-5,
                               rtol=1e-5 if scope is None else 1e-3)
     if scope is None:  # compiled graphs save their tensors out of these hooks' sight
