@@ -117,7 +117,8 @@ def runs_table(run_dirs: list[str | Path]) -> str:
     rankme = cell("—" if r["rankme"] is None else f"{r['rankme']:.0f}" for r in reports)
     alarms = cell("yes" if any(m.get("collapse_alarm") for m in logged) else "no"
                   for logged in metrics)
-    losses = cell(f"{logged[0]['loss']:.3f} → {logged[-1]['loss']:.3f}" for logged in metrics)
+    losses = cell(f"{logged[0]['loss']:.3f} → {logged[-1]['loss']:.3f}" if logged else "—"
+                  for logged in metrics)
     lines += [f"| token RankMe | {rankme} | |", f"| collapse alarm | {alarms} | |",
               f"| loss, first → last log | {losses} | |"]
     return "\n".join(lines)
