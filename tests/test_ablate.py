@@ -6,8 +6,8 @@ import json
 
 from tests.test_train import TINY
 from tjepa import ablate
-from tjepa.eval import write_readme_table
 from tjepa.masking import CONFIG_DIR
+from tjepa.report import write_readme_table
 
 
 def test_ablation_configs_differ_only_in_the_mechanism():

@@ -106,6 +106,11 @@ def test_masking_bench_reports_a_median_time(capsys):
     assert bench.main(["masking", "--batch", "8", "--views", "2", "--iters", "5", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["bench"] == "masking" and result["ms_per_batch"] > 0
+    assert result["pack_ms"] is None  # packing timed only when asked
+    assert bench.main(["masking", "--batch", "8", "--views", "2", "--iters", "5",
+                       "--pack-length", "512", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["pack_length"] == 512 and result["pack_ms"] > 0
 
 
 def test_bench_table_reads_step_lines_from_a_log_and_writes_the_readme(tmp_path, capsys):

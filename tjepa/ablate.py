@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tjepa import plot, probe
-from tjepa.eval import evaluate, write_readme_table
+from tjepa import plot, probe, report
+from tjepa.eval import evaluate
 from tjepa.masking import CONFIG_DIR
+from tjepa.report import command_line, write_readme_table
 from tjepa.train import load_config, read_metrics, train
 
 MECHANISMS = ("ema", "sigreg", "vicreg")
@@ -96,18 +97,16 @@ def markdown_table(result: dict) -> str:
     spread = result["seeds"] > 1
     head = ["mechanism", "final loss", "token RankMe", "alarm", "s/step", "semantic gain",
             *probe_names]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     fmt = lambda v, s: f"{v:.3f}" + (f" ± {s:.3f}" if spread else "")
+    table = []
     for row in rows:
         cells = [row["mechanism"], f"{row['final_loss']:.4f}", f"{row['rankme']:.1f}",
                  "yes" if row["collapse_alarm"] else "no", f"{row['seconds_per_step']:.3f}",
                  fmt(row["semantic_gain"], row["semantic_gain_std"])]
-        cells += [fmt(p["trained"], p["trained_std"]) for p in row["probes"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    random_row = ["random init", "—", "—", "—", "—", "—"]
-    random_row += [f"{p['random_init']:.3f}" for p in rows[0]["probes"]]
-    lines.append("| " + " | ".join(random_row) + " |")
-    return "\n".join(lines)
+        table.append(cells + [fmt(p["trained"], p["trained_std"]) for p in row["probes"]])
+    table.append(["random init", "—", "—", "—", "—", "—",
+                  *(f"{p['random_init']:.3f}" for p in rows[0]["probes"])])
+    return report.markdown_table(head, table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(result)
     print(table)
     if args.readme:
-        command = "python -m tjepa.ablate " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_readme_table(args.readme, args.marker, table, command.strip())
+        write_readme_table(args.readme, args.marker, table, command_line("tjepa.ablate", argv))
     if args.json:
         print(json.dumps({"rows": result["rows"], "seeds": result["seeds"]}))
     return 0

@@ -30,7 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tjepa.masking import MaskedBatch, MaskingConfig, MaskSampler
-from tjepa.packing import padding_share
+from tjepa.packing import pack, padding_share
+from tjepa.report import command_line, markdown_table, write_readme_table
 
 LENGTH_MEAN, LENGTH_STD, LENGTH_MIN = 190, 60, 8  # TinyStories stories, in cl100k tokens
 
@@ -46,26 +47,34 @@ def synthetic_documents(batch: int, block_size: int, vocab_size: int,
 
 
 def bench_masking(batch: int, views: int, mixture: str = "seed", block_size: int = 256,
-                  iters: int = 200, warmup: int = 20) -> dict:
-    """Milliseconds to turn one batch of documents into a MaskedBatch, on this CPU."""
+                  iters: int = 200, warmup: int = 20, pack_length: int = 0) -> dict:
+    """Milliseconds to turn one batch of documents into a MaskedBatch on this CPU, and with
+    ``pack_length`` to lay it out in packed rows after that (``pack_ms``): the batch thread's
+    work in training, which must keep ahead of the step."""
     sampler = MaskSampler(MaskingConfig(mixture, views=views), seed=0)
     generator = torch.Generator().manual_seed(0)
     docs = [synthetic_documents(batch, block_size, 5000, generator) for _ in range(8)]
     for i in range(warmup):
         sampler(*docs[i % len(docs)])
-    times = []
+    mask_times, pack_times = [], []
     for i in tqdm(range(iters), desc="masking", leave=False):
         started = time.perf_counter()
-        sampler(*docs[i % len(docs)])
-        times.append(time.perf_counter() - started)
-    times.sort()
+        masked = sampler(*docs[i % len(docs)])
+        mask_times.append(time.perf_counter() - started)
+        if pack_length:
+            started = time.perf_counter()
+            pack(masked, pack_length)
+            pack_times.append(time.perf_counter() - started)
+    median = lambda times: round(1000 * sorted(times)[len(times) // 2], 3)  # robust to noise
     return {
         "bench": "masking",
         "mixture": mixture,
         "batch": batch,
         "views": views,
-        "ms_per_batch": round(1000 * times[len(times) // 2], 3),  # median: robust to noise
-        "ms_p90": round(1000 * times[int(0.9 * len(times))], 3),
+        "ms_per_batch": median(mask_times),
+        "ms_p90": round(1000 * sorted(mask_times)[int(0.9 * len(mask_times))], 3),
+        "pack_length": pack_length,
+        "pack_ms": median(pack_times) if pack_length else None,
         "threads": torch.get_num_threads(),
     }
 
@@ -317,9 +326,7 @@ def results_table(results: list[dict]) -> str:
             dash if r.get("device_busy") is None else f"{r['device_busy']:.0%}",
         ])
     kept = [i for i in range(len(head)) if any(row[i] != dash for row in rows)]
-    lines = ["| " + " | ".join(head[i] for i in kept) + " |", "|" + " --- |" * len(kept)]
-    lines += ["| " + " | ".join(row[i] for i in kept) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table([head[i] for i in kept], ([row[i] for i in kept] for row in rows))
 
 
 def read_results(paths: Sequence[str | Path]) -> list[dict]:
@@ -353,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     masking.add_argument("--views", type=int, default=3)
     masking.add_argument("--mixture", default="seed", help="a mixture in configs/masking/")
     masking.add_argument("--iters", type=int, default=200)
+    masking.add_argument("--pack-length", type=int, default=0,
+                         help="also time packing the masked batch into rows of this length")
     masking.add_argument("--json", action="store_true")
     step = sub.add_parser("step", help="time the whole training step")
     step.add_argument("--config", help="TOML config (default configs/default.toml)")
@@ -379,23 +388,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.what == "table":
-        from tjepa.eval import write_readme_table
-
         results = read_results(args.files)
         if not results:
             parser.error(f"no step results in {', '.join(args.files)}")
         text = results_table(results)
         print(text)
         if args.readme:
-            words = argv if argv is not None else sys.argv[1:]
-            write_readme_table(args.readme, args.marker, text,
-                               "python -m tjepa.bench " + " ".join(words))
+            write_readme_table(args.readme, args.marker, text, command_line("tjepa.bench", argv))
         return 0
 
     if args.what == "masking":
-        result = bench_masking(args.batch, args.views, args.mixture, iters=args.iters)
+        result = bench_masking(args.batch, args.views, args.mixture, iters=args.iters,
+                               pack_length=args.pack_length)
+        packing = (f"; packing into rows of {args.pack_length}: {result['pack_ms']} ms more"
+                   if args.pack_length else "")
         print(f"masking: {result['ms_per_batch']} ms per batch of {args.batch} documents "
-              f"x {args.views} views (median of {args.iters})")
+              f"x {args.views} views (median of {args.iters}){packing}")
     if args.what == "step":
         for result in bench_step(args.config, args.device, args.views, args.batch,
                                  args.compile, args.steps, args.warmup, overrides=args.set,

@@ -24,6 +24,7 @@ import torch
 from tjepa import data, probe
 from tjepa.config import ConfigError, from_dict, load_toml
 from tjepa.jepa import JEPA
+from tjepa.report import command_line, markdown_table, write_readme_table
 from tjepa.train import RunConfig, TrainingError, load_checkpoint, read_metrics
 
 
@@ -102,39 +103,24 @@ def runs_table(run_dirs: list[str | Path]) -> str:
     if mismatched:
         raise TrainingError(f"{', '.join(mismatched)}: probed with another suite than "
                             f"{run_dirs[0]}; evaluate them again")
-    cell = lambda values: " | ".join(values)
-    lines = [f"| probe | {cell(d.name for d in run_dirs)} | random init (each run) |",
-             "|" + " --- |" * (len(run_dirs) + 2)]
+    rows = []
     for kind in KIND_ORDER:
         for name in [n for n, p in probes[0].items() if p["kind"] == kind]:
-            trained = cell(f"{found[name]['trained']:.3f}" for found in probes)
-            baseline = " / ".join(f"{found[name]['random_init']:.3f}" for found in probes)
-            lines.append(f"| {name} ({kind}) | {trained} | {baseline} |")
+            rows.append([f"{name} ({kind})", *(f"{found[name]['trained']:.3f}" for found in probes),
+                         " / ".join(f"{found[name]['random_init']:.3f}" for found in probes)])
         if kind == "semantic":
-            gains = cell(f"**{r['semantic_gain']:+.3f}**" for r in reports)
-            lines.append(f"| **semantic gain** | {gains} | |")
+            rows.append(["**semantic gain**", *(f"**{r['semantic_gain']:+.3f}**" for r in reports),
+                         ""])
     metrics = [read_metrics(d) for d in run_dirs]
-    rankme = cell("—" if r["rankme"] is None else f"{r['rankme']:.0f}" for r in reports)
-    alarms = cell("yes" if any(m.get("collapse_alarm") for m in logged) else "no"
-                  for logged in metrics)
-    losses = cell(f"{logged[0]['loss']:.3f} → {logged[-1]['loss']:.3f}" if logged else "—"
-                  for logged in metrics)
-    lines += [f"| token RankMe | {rankme} | |", f"| collapse alarm | {alarms} | |",
-              f"| loss, first → last log | {losses} | |"]
-    return "\n".join(lines)
-
-
-def write_readme_table(readme: str | Path, marker: str, table: str, command: str) -> None:
-    """Replace what lies between ``<!-- {marker}:start -->`` and ``<!-- {marker}:end -->`` in
-    ``readme`` with ``table``, saying which command wrote it."""
-    readme = Path(readme)
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    text = readme.read_text()
-    if start not in text or end not in text:
-        raise SystemExit(f"{readme}: no {start} … {end} markers to write between")
-    before, rest = text.split(start, 1)
-    _, after = rest.split(end, 1)
-    readme.write_text(f"{before}{start}\n<!-- written by `{command}` -->\n{table}\n{end}{after}")
+    rows += [
+        ["token RankMe", *("—" if r["rankme"] is None else f"{r['rankme']:.0f}"
+                           for r in reports), ""],
+        ["collapse alarm", *("yes" if any(m.get("collapse_alarm") for m in logged) else "no"
+                             for logged in metrics), ""],
+        ["loss, first → last log", *(f"{logged[0]['loss']:.3f} → {logged[-1]['loss']:.3f}"
+                                     if logged else "—" for logged in metrics), ""],
+    ]
+    return markdown_table(["probe", *(d.name for d in run_dirs), "random init (each run)"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if table:
         print(table)
         if args.readme:
-            words = argv if argv is not None else sys.argv[1:]
-            write_readme_table(args.readme, "runs", table, "python -m tjepa.eval " +
-                               " ".join(words))
+            write_readme_table(args.readme, "runs", table, command_line("tjepa.eval", argv))
     if args.json and not args.saved:
         print(json.dumps({k: report[k] for k in ("probes", "rankme", "semantic_gain")}))
     return 0

@@ -38,6 +38,7 @@ from tjepa import data
 from tjepa.jepa import JEPA, encode_documents, mean_pool
 from tjepa.masking import MaskingConfig, MaskSampler, forecast_batch
 from tjepa.model import Encoder
+from tjepa.report import markdown_table
 
 MAX_PROBE_DOCUMENTS = 2000  # per split; enough for stable accuracies, seconds on a CPU
 MAX_PROBE_TOKENS = 20_000
@@ -298,13 +299,11 @@ def nearest_documents(features: Tensor, query: int, k: int = 5) -> list[tuple[in
 
 def results_table(results: list[ProbeResult]) -> str:
     """A Markdown table of probe results."""
-    rows = ["| probe | kind | trained | random init | bag of embeddings | chance |",
-            "| --- | --- | --- | --- | --- | --- |"]
     fmt = lambda v: "—" if v is None else f"{v:.3f}"
-    for r in results:
-        rows.append(f"| {r.name} | {r.kind} | {fmt(r.trained)} | {fmt(r.random_init)} | "
-                    f"{fmt(r.bag_of_embeddings)} | {fmt(r.chance)} |")
-    return "\n".join(rows)
+    return markdown_table(
+        ["probe", "kind", "trained", "random init", "bag of embeddings", "chance"],
+        ([r.name, r.kind, fmt(r.trained), fmt(r.random_init), fmt(r.bag_of_embeddings),
+          fmt(r.chance)] for r in results))
 
 
 def as_dicts(results: list[ProbeResult]) -> list[dict]:
