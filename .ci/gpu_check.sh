@@ -7,7 +7,7 @@
 #   python -m tjepa.data --source ../shared/data/tinystories_valid_sample.txt --out data/sample
 # Everything it prints is also in $OUT/log.txt; the bench lines are gathered in $OUT/bench.jsonl
 # and set in a table in $OUT/table.md after each command (for the README:
-#   python -m tjepa.bench table bench.jsonl --readme README.md --marker bench-gpu).
+#   python -m tjepa.lab.bench table bench.jsonl --readme README.md --marker bench-gpu).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
@@ -19,12 +19,12 @@ run() {  # run CAP COMMAND...: capped, logged; the bench's JSON lines gathered a
     echo "== $*" | tee -a "$OUT/log.txt"
     timeout "$@" 2>&1 | tee -a "$OUT/log.txt" | grep -v '^{"bench"' | tail -n 8
     grep -h '^{"bench"' "$OUT/log.txt" > "$OUT/bench.jsonl"
-    python3 -m tjepa.bench table "$OUT/bench.jsonl" > "$OUT/table.md" 2>/dev/null
+    python3 -m tjepa.lab.bench table "$OUT/bench.jsonl" > "$OUT/table.md" 2>/dev/null
 }
 
 # Most important first: whatever the cap cuts short, what ran is in $OUT. Every bench line
 # reports peak memory and the host syncs counted in one step (torch's sync debug mode).
-bench="python3 -m tjepa.bench step --config configs/tinystories.toml --views 3 --json"
+bench="python3 -m tjepa.lab.bench step --config configs/tinystories.toml --views 3 --json"
 packed="--set train.pack_length=2048"
 
 # 1. Compiled, the seed's workload: padded rows at batch 64 (the goal: >= 150k input
@@ -50,12 +50,12 @@ run 130 $bench --batch 256,512,1024 --compile --steps 8 --warmup 3 $packed \
 #    (fp32): the compiled kernels skip mask_mod on "full" blocks, the eager one never does.
 run 40 python3 - <<'PY'
 import torch
-from tjepa.bench import synthetic_documents
+from tjepa.lab.bench import synthetic_documents
 from tjepa.jepa import JEPA
 from tjepa.masking import MaskingConfig, MaskSampler
 from tjepa.model import ModelConfig
 from tjepa.packing import pack
-from tjepa.train import compile_networks
+from tjepa.step import compile_networks
 torch.manual_seed(0)
 config = ModelConfig(vocab_size=1000, dim=128, depth=2, heads=4, predictor_dim=128,
                      predictor_depth=2, predictor_heads=4, attention="flex")

@@ -38,13 +38,8 @@ import torch
 from IPython.display import HTML, display
 
 from tjepa import data, plot
-from tjepa.masking import (
-    MaskingConfig,
-    MaskSampler,
-    attention_groups,
-    attention_mask,
-    span_statistics,
-)
+from tjepa.attention import attention_groups, dense_mask
+from tjepa.masking import MaskingConfig, MaskSampler, span_statistics
 
 bins_dir = Path(DATA_DIR) / "tinytales"
 if not bins_dir.exists():  # notebook 01 makes it; this makes the chapter stand alone
@@ -92,7 +87,7 @@ plot.attention_figure(batch, 0);
 
 # %%
 groups = attention_groups(batch)
-mask = attention_mask(groups)[:, 0]
+mask = dense_mask(groups)[:, 0]
 is_context, is_target = groups == 0, groups > 0
 assert not (mask & is_context[:, :, None] & is_target[:, None, :]).any()  # context ↛ targets
 cross_span = is_target[:, :, None] & is_target[:, None, :] & (groups[:, :, None] != groups[:, None, :])

@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from rotary_embedding_torch import RotaryEmbedding, apply_rotary_emb
 
-from tjepa.jepa import JEPA, prediction_loss
+from tjepa.jepa import JEPA
 from tjepa.masking import MaskingConfig, MaskSampler
 from tjepa.model import ModelConfig, count_parameters
+from tjepa.objective import prediction_loss
 
 torch.manual_seed(0)
 config = ModelConfig(vocab_size=300, dim=128, depth=4, heads=4, predictor_dim=64,

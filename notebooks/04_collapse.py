@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from tjepa import data, monitor, plot, train
+from tjepa import data, monitor, plot, runs, train
 
 bins_dir = Path(DATA_DIR) / "tinytales"
 if not bins_dir.exists():
@@ -70,9 +70,9 @@ assert monitor.rankme(plane) < 3 and monitor.embedding_std(plane) > 0.5 / 8
 # %%
 common = [f"data.dir={json.dumps(str(bins_dir))}", "monitor.interval=20",
           "monitor.documents=128", "train.eval_interval=1000", "train.device=\"cpu\""]
-healthy_config = train.load_config(
+healthy_config = runs.load_config(
     "../configs/default.toml", [*common, *([f"train.max_steps={STEPS}"] if STEPS else [])])
-collapse_config = train.load_config(
+collapse_config = runs.load_config(
     "../configs/collapse_demo.toml",
     [*common, f"train.max_steps={COLLAPSE_STEPS}", "monitor.stop_on_alarm=false"])
 with warnings.catch_warnings(record=True) as caught:
@@ -82,21 +82,21 @@ with warnings.catch_warnings(record=True) as caught:
 print([str(w.message) for w in caught if "collapse alarm" in str(w.message)])
 
 # %%
-runs = {"default": train.read_metrics(Path(OUT) / "healthy"),
-        "collapse demo": train.read_metrics(Path(OUT) / "collapse")}
+metrics = {"default": runs.read_metrics(Path(OUT) / "healthy"),
+        "collapse demo": runs.read_metrics(Path(OUT) / "collapse")}
 alarm = monitor.CollapseAlarm(healthy_config.monitor, healthy_config.model.dim)
-plot.collapse_figure(runs, alarm_line=alarm.rankme_line);
+plot.collapse_figure(metrics, alarm_line=alarm.rankme_line);
 
 # %% [markdown]
 # The default run stays above the alarm line; the collapse demo falls below it within a few
 # dozen steps — while its loss looks *better*.
 
 # %%
-healthy_rankme = [r["rankme"] for r in runs["default"] if "rankme" in r]
-collapse_rankme = [r["rankme"] for r in runs["collapse demo"] if "rankme" in r]
+healthy_rankme = [r["rankme"] for r in metrics["default"] if "rankme" in r]
+collapse_rankme = [r["rankme"] for r in metrics["collapse demo"] if "rankme" in r]
 print(f"default: RankMe ≥ {min(healthy_rankme):.1f}, alarm at {healthy_run['collapse_alarm_step']}")
 print(f"collapse demo: RankMe down to {min(collapse_rankme):.1f}, "
       f"alarm at step {collapse_run['collapse_alarm_step']}")
 assert min(healthy_rankme) > alarm.rankme_line and healthy_run["collapse_alarm_step"] is None
 assert min(collapse_rankme) < alarm.rankme_line and collapse_run["collapse_alarm_step"] is not None
-assert any(r.get("collapse_alarm") for r in runs["collapse demo"])
+assert any(r.get("collapse_alarm") for r in metrics["collapse demo"])

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from tjepa import data, plot, train
+from tjepa import data, plot, runs, train
 
 if SMOKE:
     bins_dir = Path(DATA_DIR) / "tinytales"
@@ -59,7 +59,7 @@ else:
     if not bins_dir.exists():
         data.prepare("tinystories", bins_dir)  # downloads TinyStories once
     overrides = [f'data.dir="{bins_dir}"']
-config = train.load_config(CONFIG, overrides)
+config = runs.load_config(CONFIG, overrides)
 print(f"{config.model.depth} layers, width {config.model.dim}, batch {config.data.batch_size}, "
       f"{config.train.max_steps} steps on {'cuda' if torch.cuda.is_available() else 'cpu'}")
 
@@ -70,7 +70,7 @@ summary = train.train(config, Path(OUT), progress=True)
 # ## Curves from `metrics.jsonl`
 
 # %%
-records = train.read_metrics(OUT)
+records = runs.read_metrics(OUT)
 plot.training_figure(records);
 
 # %%
@@ -82,7 +82,7 @@ plot.collapse_figure({"target encoder": records});
 # of the step). Near 0, the device sets the pace; well above it, the data does.
 
 # %%
-tokens_per_s, data_wait = train.throughput(records)
+tokens_per_s, data_wait = runs.throughput(records)
 print(f"median {tokens_per_s:,.0f} input tokens/s; waiting for batches {data_wait:.1%} of the time")
 assert tokens_per_s > 0 and 0 <= data_wait < 1
 

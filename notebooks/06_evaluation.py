@@ -44,13 +44,13 @@ from pathlib import Path
 import numpy as np
 from IPython.display import Markdown, display
 
-from tjepa import data, plot, probe
+from tjepa import data, plot, probe, runs
 from tjepa import eval as tjepa_eval
 
 assert Path(RUN, "best.pt").exists(), "run notebook 04 first (it trains this run)"
-report = tjepa_eval.evaluate(RUN, max_documents=MAX_DOCUMENTS, random_inits=RANDOM_INITS)
+report = tjepa_eval.evaluate_run(RUN, max_documents=MAX_DOCUMENTS, random_inits=RANDOM_INITS)
 results = [probe.ProbeResult(**r) for r in report["probes"]]
-display(Markdown(probe.results_table(results)))
+display(Markdown(tjepa_eval.probe_table(results)))
 plot.probe_figure(results);
 
 # %%
@@ -66,7 +66,7 @@ assert by_name["token_identity"].trained > 0.5  # contextual embeddings keep the
 # Stories whose embeddings lie closest to a query story.
 
 # %%
-model, config, vocab = tjepa_eval.load_run(RUN)
+model, config, vocab = runs.load_run(RUN)
 bins = data.TokenBins(config.data.dir)
 val = bins.split("val")
 documents = np.arange(min(len(val), 300))

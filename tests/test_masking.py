@@ -7,15 +7,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tjepa.attention import attention_groups, dense_mask
 from tjepa.config import ConfigError, from_dict
 from tjepa.masking import (
     Denoiser,
     MaskingConfig,
     MaskSampler,
-    attention_groups,
-    attention_mask,
     forecast_batch,
     load_mixture,
+    span_statistics,
 )
 
 denoisers = st.builds(
@@ -131,7 +131,7 @@ def reference_rule(groups: list[int], q: int, k: int) -> bool:
 def test_mask_derived_attention_follows_the_rule(case):
     _, batch = case
     groups = attention_groups(batch)
-    mask = attention_mask(groups)[:, 0]
+    mask = dense_mask(groups)[:, 0]
     for v in range(len(batch.document)):
         g = groups[v].tolist()
         expected = [[reference_rule(g, q, k) for k in range(len(g))] for q in range(len(g))]
@@ -219,8 +219,6 @@ def test_mask_batch_parts_hold_their_documents_and_views():
 
 
 def test_mask_span_statistics_match_each_denoisers_settings():
-    from tjepa.masking import span_statistics
-
     config = MaskingConfig("ul2", views=4)
     batch = MaskSampler(config, seed=0)(torch.ones(400, 200, dtype=torch.long),
                                         torch.full((400,), 200))

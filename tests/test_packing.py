@@ -3,15 +3,16 @@ same loss, gradients and regularizers as the padded layout."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
-from tjepa import masking, train
-from tjepa.jepa import JEPA, OptimConfig
+from tests.helpers import tiny
+from tjepa import runs, train
+from tjepa.config import ConfigError
+from tjepa.jepa import JEPA
 from tjepa.masking import MaskingConfig, MaskSampler
-from tjepa.model import ModelConfig, attention_mask
+from tjepa.model import ModelConfig
+from tjepa.objective import ObjectiveConfig
 from tjepa.packing import first_fit, pack, padding_share
 
 CONFIG = ModelConfig(vocab_size=50, dim=32, depth=2, heads=2, predictor_dim=16,
@@ -69,14 +70,14 @@ def test_pack_refuses_rows_shorter_than_a_document():
 
 
 def test_pack_length_shorter_than_the_block_is_a_config_error():
-    with pytest.raises(train.ConfigError, match="pack_length"):
-        train.load_config(None, ["train.pack_length=64", "data.block_size=128"])
+    with pytest.raises(ConfigError, match="pack_length"):
+        runs.load_config(None, ["train.pack_length=64", "data.block_size=128"])
 
 
 @pytest.mark.parametrize("anti_collapse", ["vicreg", "sigreg"])
 def test_packed_and_padded_batches_give_the_same_loss_and_gradients(anti_collapse):
     torch.manual_seed(0)
-    model = JEPA(CONFIG, OptimConfig(anti_collapse=anti_collapse))
+    model = JEPA(CONFIG, ObjectiveConfig(anti_collapse=anti_collapse))
     batch = masked_batch()
     results, grads = [], []
     for laid_out in (batch, pack(batch, row_length=128)):
@@ -96,67 +97,10 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(anti_collaps
         assert torch.allclose(padded, packed, atol=1e-5, rtol=1e-3)
 
 
-def test_packed_flex_and_sdpa_attention_agree():
-    # Rows of 4 blocks of 128 with sequences across block edges: the block mask read off the
-    # layout (model.packed_block_mask) must visit every block a query needs, or flex and SDPA
-    # would disagree. (The CPU's flex applies mask_mod in full blocks too; the next test checks
-    # those.)
-    torch.manual_seed(0)
-    model = JEPA(CONFIG).eval()
-    lengths = torch.tensor([300, 280, 140, 200, 90, 31])
-    packed = pack(masked_batch(seed=2, lengths=lengths), row_length=512)
-    with torch.no_grad():  # flex has no CPU backward: with gradients the CPU takes SDPA
-        mask = attention_mask(torch.where(packed.document_sequence >= 0, 0, -1), "flex",
-                              packed.document_sequence)
-    visited = mask.to_dense()  # (N, 1, 4, 4) block pairs
-    assert int(mask.full_kv_num_blocks.sum()) > 0  # some skip mask_mod,
-    assert int(visited.sum()) < visited.numel()  # some are skipped
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # flex on CPU warns that it is unfused
-        sdpa = model.predict_packed(packed)
-        model.config.attention = "flex"
-        flex = model.predict_packed(packed)
-        model.config.attention = "sdpa"
-    valid = packed.target_valid
-    for a, b in zip(sdpa, flex, strict=True):
-        assert torch.allclose(a[valid], b[valid], atol=1e-5)
-
-
-def _blocks(counts, indices):  # BlockMask (N, 1, nb) counts and (N, 1, nb, nb) indices → bool
-    nb = indices.shape[-1]
-    chosen = torch.arange(nb) < counts[..., None]
-    dense = torch.zeros(*indices.shape[:-1], nb, dtype=torch.bool)
-    return dense.scatter_(-1, indices.long(), chosen)[:, 0]
-
-
-@pytest.mark.parametrize("stream", ["document", "predictor"])
-def test_packed_block_mask_visits_what_the_rule_allows_and_skips_mask_mod_only_when_all_is(
-        stream):
-    # The CPU's flex_attention applies mask_mod everywhere, so it cannot catch a block wrongly
-    # marked full; this compares the blocks with the dense rule directly.
-    lengths = torch.tensor([300, 280, 140, 200, 90, 31])
-    packed = pack(masked_batch(seed=2, lengths=lengths), row_length=512)
-    sequence = getattr(packed, f"{stream}_sequence")
-    groups = packed.predictor_group if stream == "predictor" else torch.where(sequence >= 0, 0, -1)
-    with torch.no_grad():
-        mask = attention_mask(groups, "flex", sequence)
-    n, s = groups.shape
-    allowed = masking.attention_mask(groups, sequence)[:, 0].view(n, s // 128, 128, s // 128, 128)
-    any_allowed, all_allowed = allowed.any(4).any(2), allowed.all(4).all(2)  # (N, nb, nb)
-    partial = _blocks(mask.kv_num_blocks, mask.kv_indices)
-    full = _blocks(mask.full_kv_num_blocks, mask.full_kv_indices)
-    assert not (partial & full).any()
-    assert ((partial | full) >= any_allowed).all()  # every needed block is visited
-    assert (all_allowed >= full).all()  # mask_mod is skipped only where nothing is masked
-    assert full.any() and not (partial | full).all()
-
-
 def test_packed_training_logs_the_padded_runs_losses(tinytales_bins, tmp_path):
-    from tests.test_train import tiny
-
     losses = {}
     for length in (0, 192):
-        config = train.load_config(None, tiny(tinytales_bins, "train.max_steps=4",
+        config = runs.load_config(None, tiny(tinytales_bins, "train.max_steps=4",
                                               f"train.pack_length={length}"))
         losses[length] = train.train(config, tmp_path / str(length), progress=False)["losses"]
     assert losses[192] == pytest.approx(losses[0], rel=1e-4)

@@ -1,8 +1,12 @@
 """tjepa: a text Joint-Embedding Predictive Architecture you can read in an afternoon.
 
-Modules, in the order of the notebooks: ``data`` (text → token bins), ``masking`` (UL2
-denoisers), ``model`` (encoder, predictor), ``jepa`` (the step), ``monitor`` (collapse
-metrics), ``probe`` (evaluation), ``train`` (the loop and CLI).
+The core, in the order of the notebooks: ``data`` (text → token bins), ``masking`` (UL2
+denoisers), ``attention`` (who may attend to whom), ``model`` (encoder, predictor), ``jepa``
+(the forward pass and loss), ``objective`` (loss and anti-collapse), ``step`` (one optimizer
+step), ``monitor`` (collapse metrics), ``probe`` (evaluation), ``train`` (the loop and CLI).
+``runs`` reads and writes run folders; ``tjepa.embed_texts(run_dir, texts)`` embeds new text
+with a trained run. ``tjepa.lab`` holds the benchmarks, the ablation and the README table
+writer.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def embed(run_dir, texts, batch_size: int = 64, device: str = "cpu"):
-    """Mean-pooled embeddings of ``texts`` from a trained run folder: a (N, D) numpy array."""
-    from tjepa.eval import embed as _embed
+def __getattr__(name: str):
+    # ``tjepa.embed_texts`` without importing torch at ``import tjepa``
+    if name == "embed_texts":
+        from tjepa.runs import embed_texts
 
-    return _embed(run_dir, texts, batch_size=batch_size, device=device)
+        return embed_texts
+    raise AttributeError(f"module 'tjepa' has no attribute {name!r}")

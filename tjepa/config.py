@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # the configs/ the repo ships
 
 
 class ConfigError(ValueError):

@@ -3,9 +3,9 @@
     python -m tjepa.data --source tinytales --out data/tinytales
     python -m tjepa.data --source path/to/stories.txt --out data/mine --json
 
-A bins folder (the contract in DESIGN.md) holds ``train.bin``/``val.bin`` (flat token ids in a
-compact vocabulary), ``train.idx.npy``/``val.idx.npy`` (``n_documents + 1`` offsets: document
-``i`` is ``bin[idx[i]:idx[i+1]]``), ``meta.json`` and, for tinytales, ``factors.json``.
+A bins folder holds ``train.bin``/``val.bin`` (flat token ids in a compact vocabulary),
+``train.idx.npy``/``val.idx.npy`` (``n_documents + 1`` offsets: document ``i`` is
+``bin[idx[i]:idx[i+1]]``), ``meta.json`` and, for tinytales, ``factors.json``.
 
 The compact vocabulary: TinyStories uses a few thousand of cl100k's 100k BPE ids, so ids that
 occur in the training split are renumbered ``1..n`` and id 0 stands for every token never seen
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tjepa.config import check
+
 DEFAULT_ENCODING = "cl100k_base"
 UNKNOWN_ID = 0
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -37,6 +39,22 @@ TOKENIZE_CHUNK = 4096  # documents per encode_ordinary_batch call: bounded memor
 
 class DataError(Exception):
     """Bad input a user can fix; the message names the file and what is wrong."""
+
+
+@dataclass
+class DataConfig:
+    """Which bins a run reads and how it batches them (``[data]`` of a run's config)."""
+
+    dir: str = "data/tinytales"
+    source: str = "tinytales"  # prepared into ``dir`` when it is missing; "" never prepares
+    block_size: int = 256  # documents are truncated to this many tokens
+    batch_size: int = 32  # documents per optimizer step, over all ranks and micro-batches
+    min_tokens: int = 8  # shorter documents are skipped
+
+    def __post_init__(self) -> None:
+        check(self.block_size >= 2, f"block_size must be >= 2, got {self.block_size}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.min_tokens >= 2, f"min_tokens must be >= 2, got {self.min_tokens}")
 
 
 # --- reading corpora -----------------------------------------------------------------------
@@ -458,7 +476,7 @@ class DocumentLoader:
     epoch with its own seeded permutation; ``position`` counts samples consumed, so saving it
     is enough to resume exactly. Documents shorter than ``min_tokens`` are skipped (a JEPA
     sample needs some context and some target). Under DDP every rank reads the whole global
-    batch and keeps its share after masking (``train.step_parts``): each rank then knows the
+    batch and keeps its share after masking (``step.TrainingStep.split``): each rank then knows the
     global number of targets, to normalize the loss by.
     """
 

@@ -3,7 +3,8 @@
     python -m tjepa.embed RUN_DIR stories.txt [--out stories.npy]
 
 Reads a .txt (stories separated by ``<|endoftext|>`` lines), .jsonl or .parquet file and writes
-one mean-pooled embedding per document as a ``.npy`` array. From Python: ``tjepa.embed``.
+one mean-pooled embedding per document as a ``.npy`` array. From Python:
+``tjepa.embed_texts(run_dir, texts)``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tjepa import data
-from tjepa.eval import embed
-from tjepa.train import TrainingError
+from tjepa.runs import RunError, embed_texts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         texts = data.read_text_file(Path(args.file))
-        vectors = embed(args.run_dir, texts, device=args.device)
-    except (data.DataError, TrainingError) as e:
+        vectors = embed_texts(args.run_dir, texts, device=args.device)
+    except (data.DataError, RunError) as e:
         print(f"tjepa.embed: error: {e}", file=sys.stderr)
         return 1
     out = Path(args.out) if args.out else Path(args.file).with_suffix(".npy")

@@ -7,8 +7,8 @@ Writes ``eval.json`` and ``eval.png`` into each run folder; with ``--json`` the 
 printed is ``{"probes": [...], "rankme": ...}`` (of the last run). Given several runs it also
 prints them side by side (``runs_table``); ``--saved`` reads their ``eval.json`` instead of
 probing again, and ``--readme`` writes the table between the README's ``runs`` markers, so the
-README shows what the command printed and nothing typed by hand. Also home of ``load_run`` and
-``embed``: what a user needs to take a trained encoder to their own task.
+README shows what the command printed and nothing typed by hand. To take a trained encoder to
+your own task, see ``tjepa.runs.load_run`` and ``tjepa.embed_texts``.
 """
 
 from __future__ import annotations
@@ -19,56 +19,24 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from tjepa import data, probe
-from tjepa.config import ConfigError, from_dict, load_toml
-from tjepa.jepa import JEPA
-from tjepa.report import command_line, markdown_table, write_readme_table
-from tjepa.train import RunConfig, TrainingError, load_checkpoint, read_metrics
+from tjepa import data, plot, probe
+from tjepa.config import ConfigError
+from tjepa.lab.report import command_line, markdown_table, write_readme_table
+from tjepa.runs import RunError, load_run, read_metrics
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu"):
-    """A run's JEPA (eval mode), RunConfig and vocabulary, from the run folder alone."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").is_file():
-        raise TrainingError(f"{run_dir}: not a run folder (no config.toml)")
-    config = from_dict(RunConfig, load_toml(run_dir / "config.toml"))
-    path = run_dir / f"{checkpoint}.pt"
-    state = load_checkpoint(path if path.exists() else run_dir / "last.pt", device)
-    model = JEPA(config.model, config.optim)
-    model.load_state_dict(state["model"])
-    vocab = data.Vocabulary.from_meta(json.loads((run_dir / "vocab.json").read_text()))
-    return model.to(device).eval(), config, vocab
-
-
-def embed(run_dir: str | Path, texts: list[str], batch_size: int = 64,
-          device: str = "cpu") -> np.ndarray:
-    """Mean-pooled target-encoder embeddings of ``texts``: (N, D) float32.
-
-    Tokens the run never saw in training go through the unseen-token id; texts longer than the
-    run's block size are truncated.
-    """
-    model, config, vocab = load_run(run_dir, device=device)
-    ids = [vocab.encode(t)[: config.data.block_size].astype(np.int64) for t in texts]
-    out = []
-    for start in range(0, len(ids), batch_size):
-        tokens, lengths = probe.pad(ids[start : start + batch_size])
-        out.append(probe.pooled(model.target_encoder, tokens.to(device), lengths.to(device)))
-    return torch.cat(out).cpu().numpy() if out else np.zeros((0, config.model.dim), np.float32)
-
-
-def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "cpu",
-             max_documents: int = probe.MAX_PROBE_DOCUMENTS,
-             random_inits: int = probe.RANDOM_INITS, progress: bool = True) -> dict:
+def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "cpu",
+                 max_documents: int = probe.MAX_PROBE_DOCUMENTS,
+                 random_inits: int = probe.RANDOM_INITS, progress: bool = True) -> dict:
     """Run the probe suite on a run; writes eval.json and eval.png; returns the report."""
     run_dir = Path(run_dir)
     model, config, _ = load_run(run_dir, device=device)
     bins = data.TokenBins(data_dir or config.data.dir)
-    results = probe.evaluate_run(model, bins, config.data.block_size, config.masking,
-                                 seed=config.train.seed, device=device,
-                                 max_documents=max_documents, random_inits=random_inits,
-                                 progress=progress)
+    results = probe.run_probes(model, bins, config.data.block_size, config.masking,
+                               seed=config.train.seed, device=device,
+                               max_documents=max_documents, random_inits=random_inits,
+                               progress=progress)
     measured = [r for r in read_metrics(run_dir) if "rankme" in r]
     report = {"run_dir": str(run_dir), "probes": probe.as_dicts(results),
               "rankme": measured[-1]["rankme"] if measured else None}
@@ -76,12 +44,19 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, device: st
     report["semantic_gain"] = round(float(np.mean([r.trained - r.random_init
                                                    for r in semantic])), 4)
     (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
-    from tjepa import plot
-
     fig = plot.probe_figure(results)
     fig.savefig(run_dir / "eval.png", dpi=110)
     plot.plt.close(fig)
     return report
+
+
+def probe_table(results: list[probe.ProbeResult]) -> str:
+    """One run's probe results as a Markdown table."""
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"
+    return markdown_table(
+        ["probe", "kind", "trained", "random init", "bag of embeddings", "chance"],
+        ([r.name, r.kind, fmt(r.trained), fmt(r.random_init), fmt(r.bag_of_embeddings),
+          fmt(r.chance)] for r in results))
 
 
 KIND_ORDER = ("semantic", "nonlinear", "lexical", "information")
@@ -95,13 +70,13 @@ def runs_table(run_dirs: list[str | Path]) -> str:
     reports = []
     for run_dir in run_dirs:
         if not (run_dir / "eval.json").is_file():
-            raise TrainingError(f"{run_dir}: no eval.json; run python -m tjepa.eval {run_dir}")
+            raise RunError(f"{run_dir}: no eval.json; run python -m tjepa.eval {run_dir}")
         reports.append(json.loads((run_dir / "eval.json").read_text()))
     probes = [{p["name"]: p for p in r["probes"]} for r in reports]
     mismatched = [str(d) for d, found in zip(run_dirs, probes, strict=True)
                   if set(found) != set(probes[0])]
     if mismatched:
-        raise TrainingError(f"{', '.join(mismatched)}: probed with another suite than "
+        raise RunError(f"{', '.join(mismatched)}: probed with another suite than "
                             f"{run_dirs[0]}; evaluate them again")
     rows = []
     for kind in KIND_ORDER:
@@ -144,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--readme writes the table of several runs (or of --saved ones)")
     try:
         for run_dir in [] if args.saved else args.run_dirs:
-            report = evaluate(run_dir, args.data, args.device, args.max_documents,
+            report = evaluate_run(run_dir, args.data, args.device, args.max_documents,
                               args.random_inits)
             print(f"{run_dir}:")
-            print(probe.results_table([probe.ProbeResult(**r) for r in report["probes"]]))
+            print(probe_table([probe.ProbeResult(**r) for r in report["probes"]]))
             print(f"mean gain over random init on semantic probes: "
                   f"{report['semantic_gain']:+.3f}; final RankMe {report['rankme']}")
         table = runs_table(args.run_dirs) if tabled else None
-    except (ConfigError, data.DataError, TrainingError) as e:
+    except (ConfigError, data.DataError, RunError) as e:
         print(f"tjepa.eval: error: {e}", file=sys.stderr)
         return 1
     if table:

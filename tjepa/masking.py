@@ -12,12 +12,8 @@ The sampler is vectorized over views: every view draws its denoiser from the mix
 handful of sorts over a ``(V, T)`` tensor place the spans and pick the context. There is no
 loop over samples or spans, so it runs in a DataLoader worker or on the GPU alike.
 
-A ``MaskedBatch`` holds index tensors only. The attention rules the networks need follow from
-them through ``attention_groups`` and ``may_attend``:
-
-- context tokens attend to context tokens only;
-- a target token attends to the context and to the tokens of its own span;
-- padding attends to itself alone (so no softmax row is empty) and nobody attends to padding.
+A ``MaskedBatch`` holds index tensors only; who may attend to whom follows from them
+(``tjepa.attention``).
 """
 
 from __future__ import annotations
@@ -29,9 +25,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from tjepa.config import ConfigError, check, from_dict, load_toml
+from tjepa.config import CONFIG_DIR, ConfigError, check, from_dict, load_toml
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DenoiserKind = Literal["span", "suffix"]
 
 
@@ -288,44 +283,6 @@ def forecast_batch(tokens: Tensor, lengths: Tensor, prefix_lengths: Tensor,
                        torch.full((n,), -1, device=tokens.device), context_positions,
                        context_valid, target_positions,
                        torch.where(target_valid, 0, -1))
-
-
-# --- attention rules -----------------------------------------------------------------------
-
-
-def attention_groups(batch: MaskedBatch) -> Tensor:
-    """The group of each predictor input token, context first then packed targets: (V, C + P).
-
-    ``0`` context, ``span + 1`` target tokens, ``-1`` padding. ``may_attend`` reads the rules off
-    these. An encoder's input is the special case with no targets: all valid tokens group 0.
-    """
-    context = torch.where(batch.context_valid, 0, -1)
-    targets = torch.where(batch.target_valid, batch.target_span + 1, -1)
-    return torch.cat([context, targets], dim=1)
-
-
-def may_attend(query_group: Tensor, key_group: Tensor, same_token: Tensor,
-               same_sequence: Tensor | bool = True) -> Tensor:
-    """The rule, elementwise (broadcasting for SDPA masks, scalar-wise in a flex mask_mod).
-    ``same_sequence``: whether the two tokens belong to one sequence, for rows that hold
-    several end to end (``tjepa.packing``); nothing crosses between sequences."""
-    shared = (key_group == 0) & (query_group >= 0)  # everybody sees the context
-    own_span = (query_group == key_group) & (query_group > 0)
-    allowed = shared | own_span | same_token  # padding sees itself, so no softmax row is empty
-    return allowed & same_sequence
-
-
-def attention_mask(groups: Tensor, sequence: Tensor | None = None) -> Tensor:
-    """Dense boolean mask for SDPA from groups (N, S): (N, 1, S, S), True where allowed.
-
-    ``sequence`` (N, S), for rows that hold several sequences end to end (``tjepa.packing``):
-    tokens then attend within their own sequence only.
-    """
-    index = torch.arange(groups.shape[1], device=groups.device)
-    same_sequence = True if sequence is None else sequence[:, :, None] == sequence[:, None, :]
-    allowed = may_attend(groups[:, :, None], groups[:, None, :], index[:, None] == index[None, :],
-                         same_sequence)
-    return allowed[:, None]
 
 
 def span_statistics(batch: MaskedBatch, config: MaskingConfig) -> dict[str, dict[str, float]]:

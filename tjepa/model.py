@@ -6,32 +6,25 @@ positions are an input, not ``arange(T)``: rotary embeddings (``rotary-embedding
 a ``(N, S)`` position tensor into per-token rotations, and attention scores then depend only on
 the distance between positions.
 
-Who may attend to whom comes from ``tjepa.masking`` as one integer *group* per token (0 context,
-``span + 1`` target, -1 padding). ``attention_mask`` builds it once per batch, on the device, as
-either a dense boolean mask for SDPA (every device) or a ``flex_attention`` block mask (CUDA,
-compiled: it skips fully masked blocks and never materializes the scores). Rows that hold
-several sequences end to end (``tjepa.packing``) add a sequence id per token, and their block
-mask is read off the layout (``packed_block_mask``).
+Who may attend to whom is not the networks' business: they take a mask built once per batch by
+``tjepa.attention`` (a dense boolean mask for SDPA, or a flex_attention block mask) and apply it
+in every layer.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from rotary_embedding_torch import RotaryEmbedding, apply_rotary_emb
 from torch import Tensor, nn
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
-from tjepa import masking
+from tjepa.attention import AttentionBackend, AttentionMask
 from tjepa.config import check
-
-AttentionBackend = Literal["sdpa", "flex"]
-AttentionMask = Tensor | BlockMask  # (N, 1, S, S) bool for SDPA, or a flex BlockMask
 
 
 @dataclass
@@ -170,74 +163,6 @@ class Predictor(nn.Module):
         ``is_target`` (R, L) where the mask tokens go → predictions (R, L, D) at every slot."""
         x = torch.where(is_target[..., None], self.mask_token, self.embed(context[source]))
         return self.head(self.transformer(x, positions, mask))
-
-
-def attention_mask(groups: Tensor, backend: AttentionBackend = "sdpa",
-                   sequence: Tensor | None = None) -> AttentionMask:
-    """The mask for groups (N, S), built on their device once per batch, shared by all layers.
-    ``sequence`` (N, S) keeps packed sequences apart (``tjepa.packing``).
-
-    ``flex`` falls back to SDPA on the CPU when gradients are needed: flex_attention has no CPU
-    backward. Both follow the same rule (``masking.may_attend``), and tests check they agree.
-    """
-    if backend == "flex" and groups.device.type == "cpu" and torch.is_grad_enabled():
-        backend = "sdpa"
-    if backend == "sdpa":
-        return masking.attention_mask(groups, sequence)
-
-    n, s = groups.shape
-    if sequence is None:
-        def mask_mod(b, h, q, k):
-            return masking.may_attend(groups[b, q], groups[b, k], q == k)
-
-        return _create_block_mask(mask_mod, n, None, s, s, device=groups.device)
-
-    def packed_mask_mod(b, h, q, k):
-        return masking.may_attend(groups[b, q], groups[b, k], q == k,
-                                  sequence[b, q] == sequence[b, k])
-
-    return packed_block_mask(groups, sequence, packed_mask_mod)
-
-
-def packed_block_mask(groups: Tensor, sequence: Tensor, mask_mod, block: int = 128) -> BlockMask:
-    """The flex block mask of packed rows (N, S), read off the layout instead of evaluating
-    ``mask_mod`` on every (query, key) pair as ``create_block_mask`` does.
-
-    Sequences lie in one piece each, so a block of 128 slots holds a run of consecutive
-    segments. A (query block, key block) pair is visited when the two runs overlap, or on the
-    diagonal (padding attends to itself); it needs no ``mask_mod`` ("full") when both blocks
-    are one and the same sequence without padding and the keys are all context. Plain tensor
-    ops: nothing to compile, and nothing to recompile when the number of rows changes.
-    """
-    n, s = sequence.shape
-    assert s % block == 0, f"packed rows of {s} slots do not split into blocks of {block}"
-    blocks = s // block
-    starts = torch.ones_like(sequence, dtype=torch.bool)
-    starts[:, 1:] = sequence[:, 1:] != sequence[:, :-1]
-    segment = starts.cumsum(1).view(n, blocks, block)  # increases along each row
-    valid = (sequence >= 0).view(n, blocks, block)
-    first = torch.where(valid, segment, s).amin(-1)  # (N, blocks); s: no real slot in it
-    last = torch.where(valid, segment, -1).amax(-1)
-    diagonal = torch.eye(blocks, dtype=torch.bool, device=sequence.device)
-    visit = (first[:, :, None] <= last[:, None, :]) & (first[:, None, :] <= last[:, :, None])
-    visit |= diagonal
-    one_sequence = (first == last) & valid.all(-1)
-    keys_context = (groups.view(n, blocks, block) == 0).all(-1)
-    full = (one_sequence[:, :, None] & one_sequence[:, None, :] & keys_context[:, None, :]
-            & (first[:, :, None] == first[:, None, :]))
-
-    def kv_blocks(chosen: Tensor) -> tuple[Tensor, Tensor]:  # (N, 1, nb), (N, 1, nb, nb)
-        counts = chosen.sum(-1, dtype=torch.int32)
-        indices = torch.argsort((~chosen).to(torch.uint8), dim=-1, stable=True).to(torch.int32)
-        return counts[:, None], indices[:, None]
-
-    return BlockMask.from_kv_blocks(*kv_blocks(visit & ~full), *kv_blocks(full),
-                                    BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(s, s))
-
-
-def _create_block_mask(*args, **kwargs) -> BlockMask:
-    # Compiled on CUDA so the block mask is built without materializing (N, S, S).
-    return create_block_mask(*args, **kwargs, _compile=kwargs["device"].type == "cuda")
 
 
 def init_weights(module: nn.Module) -> None:

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tjepa.config import check
-from tjepa.jepa import JEPA, encode_documents, mean_pool, sigreg
+from tjepa.jepa import JEPA, encode_documents, mean_pool
+from tjepa.objective import sigreg
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Packing: the three passes of a JEPA step with no padding, sequences end to end in rows.
 
-A ``MaskedBatch`` pads every view to the widest view of the batch: with TinyStories' lengths
-(mean 190, sd 60) and UL2's mixture of context sizes, 40 % or more of the slots the target
-encoder, the context encoder and the predictor compute on are padding. ``pack`` lays each pass
-out as rows of ``row_length`` slots instead, holding whole sequences one after another:
+A ``MaskedBatch`` pads every view to the widest view of the batch: with stories of varied
+lengths and UL2's mixture of context sizes, much of what the target encoder, the context
+encoder and the predictor compute on is padding (``padding_share`` measures it). ``pack``
+lays each pass out as rows of ``row_length`` slots instead, holding whole sequences one after
+another:
 
     target encoder : every document                   (sequence = document)
     context encoder: every view's context              (sequence = view)
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tjepa.masking import MaskedBatch, attention_groups, map_tensors
+from tjepa.attention import attention_groups
+from tjepa.masking import MaskedBatch, map_tensors
 
 
 @dataclass
@@ -41,7 +43,7 @@ class PackedBatch:
     context_sequence: Tensor
     predictor_positions: Tensor  # (Rp, L) the predictor's input: context, then mask tokens
     predictor_sequence: Tensor
-    predictor_group: Tensor  # 0 context, span + 1 target, -1 padding (masking.may_attend)
+    predictor_group: Tensor  # 0 context, span + 1 target, -1 padding (attention.may_attend)
     predictor_source: Tensor  # which slot of the flattened context rows a context slot carries
     predictor_target: Tensor  # which slot of the flattened document rows a target slot predicts
 

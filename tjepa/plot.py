@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from tjepa.masking import MaskedBatch, attention_groups, attention_mask
+from tjepa.attention import attention_groups, dense_mask
+from tjepa.masking import MaskedBatch
 
 CONTEXT_COLOR = "#cfe3ff"
 UNUSED_COLOR = "#eeeeee"
@@ -80,7 +81,7 @@ def masking_figure(roles_per_view: Sequence[np.ndarray], titles: Sequence[str]) 
 def attention_figure(batch: MaskedBatch, view: int) -> Figure:
     """The predictor's attention mask for one view: context rows first, then packed targets."""
     groups = attention_groups(batch)[view : view + 1]
-    mask = attention_mask(groups)[0, 0].cpu().numpy()
+    mask = dense_mask(groups)[0, 0].cpu().numpy()
     n_context = int(batch.context_valid[view].sum())
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.imshow(mask, cmap="Blues", interpolation="nearest")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from tests.test_train import TINY
-from tjepa import ablate
-from tjepa.masking import CONFIG_DIR
-from tjepa.report import write_readme_table
+from tests.helpers import TINY
+from tjepa.config import CONFIG_DIR
+from tjepa.lab import ablate
+from tjepa.lab.report import write_readme_table
 
 
 def test_ablation_configs_differ_only_in_the_mechanism():
@@ -25,11 +25,11 @@ def test_ablate_trains_and_probes_every_mechanism(tinytales_bins, tmp_path):
         assert row["steps"] == 3 and row["seconds_per_step"] > 0 and row["rankme"] > 0
         assert {"name", "kind", "trained", "random_init"} <= set(row["probes"][0])
     table = (tmp_path / "table.md").read_text()
-    assert table.strip() == ablate.markdown_table(result)
+    assert table.strip() == ablate.ablation_table(result)
     assert json.loads((tmp_path / "table.json").read_text())["rows"] == result["rows"]
     assert (tmp_path / "ablation.png").exists()
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- ablation:start -->\nold\n<!-- ablation:end -->\nend\n")
-    write_readme_table(readme, ablate.README_MARKER, table, "python -m tjepa.ablate --steps 3")
+    write_readme_table(readme, ablate.README_MARKER, table, "python -m tjepa.lab.ablate --steps 3")
     text = readme.read_text()
     assert table in text and "old" not in text and text.endswith("end\n")

@@ -1,8 +1,8 @@
 """Anti-collapse at equal compute: EMA vs SIGReg vs VICReg, trained and probed alike.
 
-    python -m tjepa.ablate [--data DIR] [--steps N] [--seeds K] [--json] [--readme README.md]
+    python -m tjepa.lab.ablate [--data DIR] [--steps N] [--seeds K] [--json] [--readme README.md]
 
-Trains ``configs/ablation/{ema,sigreg,vicreg}.toml`` (identical but for ``optim.anti_collapse``)
+Trains ``configs/ablation/{ema,sigreg,vicreg}.toml`` (identical but for ``objective.anti_collapse``)
 for the same number of steps, evaluates each with the probe suite, and writes ``table.md``,
 ``table.json`` and ``ablation.png`` to ``--out``. Wall time per step is reported, so equal
 compute is visible. ``--readme`` rewrites the table between the README's ablation markers, so
@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tjepa import plot, probe, report
-from tjepa.eval import evaluate
-from tjepa.masking import CONFIG_DIR
-from tjepa.report import command_line, write_readme_table
-from tjepa.train import load_config, read_metrics, train
+from tjepa import plot, probe
+from tjepa.config import CONFIG_DIR
+from tjepa.eval import evaluate_run
+from tjepa.lab.report import command_line, markdown_table, write_readme_table
+from tjepa.runs import load_config, read_metrics
+from tjepa.train import train
 
 MECHANISMS = ("ema", "sigreg", "vicreg")
 README_MARKER = "ablation"  # the table lies between <!-- ablation:start/end --> in README.md
@@ -46,7 +47,7 @@ def ablate(data_dir: str | None = None, steps: int | None = None, seeds: int = 1
             config = load_config(CONFIG_DIR / "ablation" / f"{mechanism}.toml", settings)
             run_dir = out / f"{mechanism}-seed{seed}"
             summary = train(config, run_dir, progress=progress)
-            report = evaluate(run_dir, max_documents=max_documents,
+            report = evaluate_run(run_dir, max_documents=max_documents,
                               random_inits=random_inits, progress=progress)
             metrics = read_metrics(run_dir)
             runs[mechanism].append({
@@ -57,7 +58,7 @@ def ablate(data_dir: str | None = None, steps: int | None = None, seeds: int = 1
     result = {"rows": rows, "seeds": seeds, "steps": rows[0]["steps"]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(result, indent=2))
-    (out / "table.md").write_text(markdown_table(result) + "\n")
+    (out / "table.md").write_text(ablation_table(result) + "\n")
     fig = plot.ablation_figure(rows, {m: runs[m][0]["metrics"] for m in MECHANISMS})
     fig.savefig(out / "ablation.png", dpi=110)
     plot.plt.close(fig)
@@ -90,7 +91,7 @@ def _row(mechanism: str, found: list[dict]) -> dict:
     }
 
 
-def markdown_table(result: dict) -> str:
+def ablation_table(result: dict) -> str:
     """Mechanisms as rows: loss, RankMe, alarm, time, and each probe's accuracy (± seeds)."""
     rows = result["rows"]
     probe_names = [p["name"] for p in rows[0]["probes"]]
@@ -106,11 +107,11 @@ def markdown_table(result: dict) -> str:
         table.append(cells + [fmt(p["trained"], p["trained_std"]) for p in row["probes"]])
     table.append(["random init", "—", "—", "—", "—", "—",
                   *(f"{p['random_init']:.3f}" for p in rows[0]["probes"])])
-    return report.markdown_table(head, table)
+    return markdown_table(head, table)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tjepa.ablate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tjepa.lab.ablate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="bins folder (default: the configs' tinytales)")
     parser.add_argument("--steps", type=int, help="steps per run (default: the configs' 400)")
@@ -129,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = ablate(args.data, args.steps, args.seeds, args.out, args.max_documents, args.set,
                     args.random_inits)
-    table = markdown_table(result)
+    table = ablation_table(result)
     print(table)
     if args.readme:
-        write_readme_table(args.readme, args.marker, table, command_line("tjepa.ablate", argv))
+        write_readme_table(args.readme, args.marker, table,
+                           command_line("tjepa.lab.ablate", argv))
     if args.json:
         print(json.dumps({"rows": result["rows"], "seeds": result["seeds"]}))
     return 0

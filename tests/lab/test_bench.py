@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tjepa import bench, train
+from tjepa.lab import bench
 from tjepa.masking import MaskingConfig, MaskSampler, forecast_batch
 from tjepa.packing import padding_share
 
@@ -36,13 +36,13 @@ def test_step_bench_prints_one_json_line_with_the_reported_fields(capsys):
 
 
 def test_step_bench_sweeps_batch_sizes_with_one_model(capsys, monkeypatch):
-    built, build = [], train.build_step_parts
+    built, build = [], bench.TrainingStep
 
     def counting_build(*args):
         built.append(args)
         return build(*args)
 
-    monkeypatch.setattr(train, "build_step_parts", counting_build)
+    monkeypatch.setattr(bench, "TrainingStep", counting_build)
     args = ["step", "--device", "cpu", "--batch", "2,4", "--views", "1", "--steps", "1",
             "--warmup", "1", "--no-compile", "--json", "--profile", "1"]
     for override in TINY:
@@ -133,7 +133,7 @@ def test_bench_table_reads_step_lines_from_a_log_and_writes_the_readme(tmp_path,
     readme.write_text("a\n<!-- bench-gpu:start -->\nold\n<!-- bench-gpu:end -->\nb\n")
     assert bench.main(["table", str(log), "--readme", str(readme), "--marker", "bench-gpu"]) == 0
     table = capsys.readouterr().out.strip()
-    assert table == bench.results_table(bench.read_results([log]))
+    assert table == bench.bench_table(bench.read_results([log]))
     header, _, cpu_row, gpu_row = table.splitlines()
     assert cpu_row == ("| cpu | default | 1 | 32 | padded | eager, sdpa | 491.0 | 11.1k | 0.07 "
                        "| — | — | 25% | 1 s | 0.1 ms | — | — |")
@@ -143,7 +143,7 @@ def test_bench_table_reads_step_lines_from_a_log_and_writes_the_readme(tmp_path,
     text = readme.read_text()
     assert table in text and "old" not in text and "--marker bench-gpu`" in text
     # on a CPU alone: no MFU, memory, syncs or busy columns, and slow speeds in full
-    slow = bench.results_table([{**cpu, "tokens_per_s": 133.4}])
+    slow = bench.bench_table([{**cpu, "tokens_per_s": 133.4}])
     assert slow.splitlines()[0] == ("| device | config | views | batch | layout | path | ms/step "
                                     "| input tokens/s | TFLOP/s | padding | warm-up | data wait |")
     assert "| 133 |" in slow

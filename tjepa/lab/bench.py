@@ -1,14 +1,14 @@
 """Benchmarks on synthetic batches with TinyStories-like document lengths.
 
-    python -m tjepa.bench masking --batch 64 --views 3 --json
-    python -m tjepa.bench step --config configs/tinystories.toml --views 3 --batch 64 --json
-    python -m tjepa.bench step --config configs/tinystories.toml --views 3 --compile \
+    python -m tjepa.lab.bench masking --batch 64 --views 3 --json
+    python -m tjepa.lab.bench step --config configs/tinystories.toml --views 3 --batch 64 --json
+    python -m tjepa.lab.bench step --config configs/tinystories.toml --views 3 --compile \
         --set train.pack_length=2048 --batch 64,128,192 --max-memory-gib 24 --json
 
 Each prints a human line per measurement and (with ``--json``) one JSON object after it: a
 sweep over batch sizes prints one per batch, the last line being the last batch measured.
 
-    python -m tjepa.bench table bench.jsonl [--readme README.md --marker bench-cpu]
+    python -m tjepa.lab.bench table bench.jsonl [--readme README.md --marker bench-cpu]
 
 sets the ``step`` JSON lines found in files (logs too: other lines are skipped) in a markdown
 table, one row per measurement; ``--readme`` writes it between the README's markers.
@@ -29,9 +29,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tjepa.batches import BatchStream, mask_sampler
+from tjepa.lab.report import command_line, markdown_table, write_readme_table
 from tjepa.masking import MaskedBatch, MaskingConfig, MaskSampler
 from tjepa.packing import pack, padding_share
-from tjepa.report import command_line, markdown_table, write_readme_table
+from tjepa.runs import load_config
+from tjepa.step import TrainingStep, resolve_model
 
 LENGTH_MEAN, LENGTH_STD, LENGTH_MIN = 190, 60, 8  # TinyStories stories, in cl100k tokens
 
@@ -99,17 +102,6 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
     after the first batch whose peak memory passes ``max_memory_gib``, or that runs out of
     memory (reported on stderr): larger batches need more.
     """
-    from tjepa.train import (
-        BatchStream,
-        Distributed,
-        build_step_parts,
-        load_config,
-        mask_sampler,
-        resolve_model,
-        step_parts,
-        training_step,
-    )
-
     overrides = [*(overrides or []), f"train.max_steps={steps + warmup}"]
     if views:
         overrides.append(f"masking.views={views}")
@@ -120,14 +112,13 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
                           "cpu" if device == "auto" else device)
     model_config = resolve_model(config, device, config.model.vocab_size or vocab_size)
     config = replace(config, model=model_config)
-    model, optimizer, schedule, sampler, autocast = build_step_parts(config, device)
+    training_step = TrainingStep(config, device)
+    sampler = mask_sampler(config)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
-    def one_step(i: int, stream: BatchStream, config) -> None:
-        (parts, total_targets), _ = stream.next()
-        training_step(model, model, optimizer, schedule, i, parts, total_targets, Distributed(),
-                      device, autocast, config.optim.grad_clip)
+    def one_step(i: int, stream: BatchStream) -> None:
+        training_step(i, stream.next())
 
     for n, batch in enumerate(batches or [config.data.batch_size]):
         config = replace(config, data=replace(config.data, batch_size=batch))
@@ -135,10 +126,8 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         docs = [synthetic_documents(batch, config.data.block_size, model_config.vocab_size,
                                     generator) for _ in range(4)]
         # as in training: masked, split, packed and pinned ahead, in a thread
-        stream = BatchStream(_Cycle(docs), sampler,
-                             partial(step_parts, config=config, world=Distributed()),
-                             pin=cuda)
-        step = partial(one_step, stream=stream, config=config)
+        stream = BatchStream(_Cycle(docs), sampler, training_step.split, pin=cuda)
+        step = partial(one_step, stream=stream)
         try:
             started = time.perf_counter()
             for i in tqdm(range(warmup), desc=f"batch {batch}: warm-up (compiles)",
@@ -169,7 +158,7 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         # masks drawn as the timed ones were (not the same ones), for FLOPs and padding
         shadow = mask_sampler(config)
         masked = [shadow(*d) for d in docs]
-        laid_out = [step_parts(m, config, Distributed())[0][0] for m in masked]
+        laid_out = [training_step.split(m).parts[0] for m in masked]
         flops = step_flops(model_config, batch, tokens_per_step, masked)
         peak = _peak_flops(device)
         yield {
@@ -300,7 +289,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def results_table(results: list[dict]) -> str:
+def bench_table(results: list[dict]) -> str:
     """``bench_step`` results (their JSON lines) as a markdown table, one row each; columns
     that no result fills (MFU, memory, syncs on a CPU) are left out."""
     head = ["device", "config", "views", "batch", "layout", "path", "ms/step",
@@ -352,7 +341,7 @@ def _peak_flops(device: torch.device) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tjepa.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tjepa.lab.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     masking = sub.add_parser("masking", help="time the UL2 sampler on one batch")
@@ -391,10 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         results = read_results(args.files)
         if not results:
             parser.error(f"no step results in {', '.join(args.files)}")
-        text = results_table(results)
+        text = bench_table(results)
         print(text)
         if args.readme:
-            write_readme_table(args.readme, args.marker, text, command_line("tjepa.bench", argv))
+            write_readme_table(args.readme, args.marker, text,
+                               command_line("tjepa.lab.bench", argv))
         return 0
 
     if args.what == "masking":

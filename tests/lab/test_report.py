@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tjepa import report
+from tjepa.lab import report
 
 
 def test_markdown_table_has_a_header_a_rule_and_a_line_per_row():
@@ -17,12 +17,12 @@ def test_readme_table_replaces_only_its_own_block_and_refuses_a_readme_without_m
     readme = tmp_path / "README.md"
     readme.write_text("top\n<!-- x:start -->\nold x\n<!-- x:end -->\n"
                       "<!-- y:start -->\nold y\n<!-- y:end -->\nend\n")
-    report.write_readme_table(readme, "x", "| new |", "python -m tjepa.bench table f")
+    report.write_readme_table(readme, "x", "| new |", "python -m tjepa.lab.bench table f")
     assert readme.read_text() == (
-        "top\n<!-- x:start -->\n<!-- written by `python -m tjepa.bench table f` -->\n"
+        "top\n<!-- x:start -->\n<!-- written by `python -m tjepa.lab.bench table f` -->\n"
         "| new |\n<!-- x:end -->\n<!-- y:start -->\nold y\n<!-- y:end -->\nend\n")
     with pytest.raises(SystemExit, match="no <!-- z:start -->"):
-        report.write_readme_table(readme, "z", "| new |", "python -m tjepa.bench table f")
+        report.write_readme_table(readme, "z", "| new |", "python -m tjepa.lab.bench table f")
 
 
 def test_command_line_names_the_module_and_its_arguments():

@@ -1,0 +1,63 @@
+"""Run folders: configs that name the bad key, checkpoints that refuse to be misread, and a
+run read back from its folder alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import tiny
+from tjepa import runs, train
+from tjepa.config import ConfigError
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.width=3", "model: unknown key 'width'"),
+    ("model.dim=\"big\"", "model.dim: expected an integer"),
+    ("optim.lr=-1.0", "optim: lr must be > 0"),
+    ("nonsense.key=1", "unknown key 'nonsense'"),
+])
+def test_bad_configs_name_the_key_and_the_file(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        runs.load_config(None, [override])
+    assert "default.toml" in str(info.value)
+
+
+def test_truncated_or_foreign_checkpoints_are_refused(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(runs.RunError, match="not a tjepa checkpoint"):
+        runs.load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "foreign.pt").read_bytes()[:100])
+    with pytest.raises(runs.RunError, match="truncated or not a checkpoint"):
+        runs.load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_load_run_rebuilds_the_runs_anti_collapse_mechanism(tinytales_bins, tmp_path):
+    config = runs.load_config(None, tiny(tinytales_bins, "train.max_steps=2",
+                                          'objective.anti_collapse="sigreg"'))
+    train.train(config, tmp_path / "run", progress=False)
+    model, loaded, _ = runs.load_run(tmp_path / "run")
+    assert loaded.objective.anti_collapse == "sigreg"
+    assert model.target_encoder is model.context_encoder  # no EMA copy: it makes its own targets
+
+
+def test_embed_handles_unseen_tokens_and_returns_one_row_per_text(tiny_run):
+    vectors = runs.embed_texts(tiny_run, ["Lily found a red ball.", "Quantum zebra xylophone!"])
+    assert vectors.shape == (2, 32) and np.isfinite(vectors).all()
+
+
+def test_the_objective_has_a_section_of_its_own():
+    config = runs.load_config(None, ['objective.anti_collapse="sigreg"'])
+    assert config.objective.name == "jepa" and config.objective.anti_collapse == "sigreg"
+    with pytest.raises(ConfigError, match="optim: unknown key 'nonsense'"):
+        runs.load_config(None, ["optim.nonsense=1"])
+
+
+def test_a_run_folder_with_the_objective_under_optim_is_read_with_a_warning(tmp_path):
+    old = tmp_path / "config.toml"
+    old.write_text('[optim]\nlr = 0.001\nanti_collapse = "sigreg"\nloss = "l2"\n')
+    with pytest.warns(UserWarning, match=r"belong to \[objective\]"):
+        config = runs.load_config(old)
+    assert (config.objective.anti_collapse, config.objective.loss) == ("sigreg", "l2")
+    assert config.optim.lr == 0.001

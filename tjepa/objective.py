@@ -1,0 +1,174 @@
+"""The training objective: what the predictions are scored against, and what keeps the
+embeddings from collapsing.
+
+The predictor regresses *layer-normed* target embeddings (data2vec, I-JEPA), which fixes their
+scale; ``prediction_loss`` scores each predicted token. Regressing embeddings that the model
+itself produces has a trivial solution, every embedding the same; ``anti_collapse`` chooses
+what rules it out (``ObjectiveConfig``):
+
+- ``ema``: targets from an exponential moving average of the context encoder (BYOL, I-JEPA):
+  it moves slowly, so the context encoder cannot chase a target that collapses with it;
+- ``sigreg``: no EMA, the context encoder makes its own targets, and SIGReg pulls its
+  embeddings towards an isotropic Gaussian (LeJEPA);
+- ``vicreg``: the EMA targets plus VICReg's variance hinge and covariance penalty on the
+  context encoder's embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from tjepa.config import check
+
+ObjectiveName = Literal["jepa"]
+LossKind = Literal["smooth_l1", "l2", "cosine"]
+AntiCollapse = Literal["ema", "sigreg", "vicreg"]
+Reduce = Callable[[Tensor], Tensor]  # sums a statistic over the rows other processes hold
+
+
+@dataclass
+class ObjectiveConfig:
+    """What a run learns to do: ``name`` the objective (the JEPA's embedding prediction), its
+    per-token ``loss`` and its anti-collapse mechanism with that mechanism's weights.
+
+    The sigreg and vicreg terms are statistics of a micro-batch, summed over DDP ranks
+    (``sum_over_ranks``) but not over gradient-accumulation micro-batches. Their weights are
+    relative to the prediction loss; VICReg's own paper uses 25 : 25 : 1 for invariance :
+    variance : covariance, LeJEPA λ = 0.05 for SIGReg.
+    """
+
+    name: ObjectiveName = "jepa"
+    loss: LossKind = "smooth_l1"
+    anti_collapse: AntiCollapse = "ema"
+    sigreg_weight: float = 0.05
+    sigreg_directions: int = 256
+    target_stop_gradient: bool = True  # sigreg: no gradient through the targets
+    vicreg_variance_weight: float = 1.0
+    vicreg_covariance_weight: float = 0.04
+
+    def __post_init__(self) -> None:
+        check(self.sigreg_directions >= 1,
+              f"sigreg_directions must be >= 1, got {self.sigreg_directions}")
+        for name in ("sigreg_weight", "vicreg_variance_weight", "vicreg_covariance_weight"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def uses_ema(self) -> bool:
+        """Whether the targets come from an EMA target encoder (else the online encoder)."""
+        return self.anti_collapse in ("ema", "vicreg")
+
+
+def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind) -> Tensor:
+    """Per-token loss (V, P): smooth L1 and L2 averaged over the embedding, or 1 − cosine."""
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(predictions, targets, reduction="none").mean(-1)
+    if kind == "l2":
+        return F.mse_loss(predictions, targets, reduction="none").mean(-1)
+    return 1 - F.cosine_similarity(predictions, targets, dim=-1)
+
+
+def anti_collapse_term(config: ObjectiveConfig, embeddings: Tensor, valid: Tensor) -> Tensor:
+    """The weighted anti-collapse regularizer on embeddings (..., D) where ``valid`` (...); 0-d,
+    and 0 for ``ema``, whose protection is the target encoder itself."""
+    if config.anti_collapse == "ema":
+        return embeddings.new_zeros(())
+    # zero weight on padding: boolean indexing would wait for the device to count it
+    embeddings, weight = embeddings.flatten(0, -2), valid.flatten().float()
+    # under DDP, statistics of the global batch (the sums of all ranks), as one process
+    # would take them; evaluation (no grad) keeps to its own rank
+    reduce = sum_over_ranks if torch.is_grad_enabled() else _local
+    if config.anti_collapse == "sigreg":
+        return config.sigreg_weight * sigreg(embeddings, config.sigreg_directions,
+                                             normalize=False, weight=weight, reduce=reduce)
+    if config.anti_collapse == "vicreg":
+        variance, covariance = vicreg_terms(embeddings, weight=weight, reduce=reduce)
+        return (config.vicreg_variance_weight * variance
+                + config.vicreg_covariance_weight * covariance)
+    raise ValueError(f"unknown anti_collapse {config.anti_collapse!r}")
+
+
+def _local(statistic: Tensor) -> Tensor:
+    """A statistic as this process holds it: the ``reduce`` outside DDP or without grad."""
+    return statistic
+
+
+def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
+           generator: torch.Generator | None = None, knots: int = 33,
+           weight: Tensor | None = None, reduce: Reduce = _local) -> Tensor:
+    """Epps–Pulley statistic of random unit projections against N(0, 1), averaged (0-d).
+
+    ``N ∫ |φ_N(t) − e^{−t²/2}|² e^{−t²/2} dt``, with φ_N the empirical characteristic function
+    of the N projected values; its expectation for N(0, I) samples is √(2π)(1 − 1/√3) ≈ 1.06.
+    ``normalize`` centres the embeddings and scales them to unit mean variance per direction
+    first, which makes it a scale-free test of shape (the monitor; estimating mean and scale
+    lowers the Gaussian level to ≈ 0.55); without it, it also asks for zero mean and unit
+    variance (the LeJEPA regularizer). ``weight`` (N,) of 0/1 leaves rows out (padding).
+    ``reduce`` sums each statistic over the rows held elsewhere (``sum_over_ranks``).
+    Differentiable.
+    """
+    x = embeddings.float()
+    w, n = _row_weights(x, weight, reduce)
+    if normalize:
+        x = x - _mean(x, w, n, reduce)
+        scale = _mean(x.pow(2).sum(1, keepdim=True), w, n, reduce).div(x.shape[1]).sqrt()
+        x = x / scale.clamp(min=1e-6)
+    # summed over ranks, every rank projects on the same directions even if their random
+    # states differ (a sum of Gaussians is Gaussian: still uniform once normalized)
+    a = reduce(torch.randn(x.shape[1], directions, device=x.device, generator=generator))
+    z = x @ F.normalize(a, dim=0)  # (N, M)
+    t = torch.linspace(-5, 5, knots, device=x.device)
+    zt = z[:, :, None] * t  # (N, M, K)
+    # weighted sums over N as matrix-vector products, then the empirical characteristic
+    # function's real and imaginary parts (M, K)
+    sums = torch.stack([torch.einsum("n,nmk->mk", w[:, 0], zt.cos()),
+                        torch.einsum("n,nmk->mk", w[:, 0], zt.sin())])
+    real, imag = reduce(sums) / n.clamp(min=1)
+    gauss = torch.exp(-t.square() / 2)
+    integrand = ((real - gauss).square() + imag.square()) * gauss
+    return n * torch.trapezoid(integrand, t, dim=-1).mean()
+
+
+def vicreg_terms(embeddings: Tensor, eps: float = 1e-4, weight: Tensor | None = None,
+                 reduce: Reduce = _local) -> tuple[Tensor, Tensor]:
+    """VICReg's variance hinge (mean over dimensions of max(0, 1 − std)) and covariance
+    penalty (squared off-diagonal covariances, summed, over the width) of (N, D); ``weight``
+    (N,) of 0/1 leaves rows out (padding); ``reduce`` as in ``sigreg``."""
+    x = embeddings.float()
+    w, n = _row_weights(x, weight, reduce)
+    x = (x - _mean(x, w, n, reduce)) * w  # centred on the mean of all rows, everywhere
+    cov = reduce(x.T @ x) / (n - 1).clamp(min=1)  # (D, D)
+    std = (torch.diagonal(cov) + eps).sqrt()
+    variance = F.relu(1 - std).mean()
+    off_diagonal = cov - torch.diag(torch.diagonal(cov))
+    return variance, off_diagonal.square().sum() / x.shape[1]
+
+
+def sum_over_ranks(statistic: Tensor) -> Tensor:
+    """A statistic summed over the DDP ranks, differentiably; itself outside DDP.
+
+    Every rank then computes the same regularizer from the same sums, and the backward pass
+    sums each rank's gradient with respect to them back (``torch.distributed.nn``), so rank
+    r's rows get world_size × their share of the one-process gradient; DDP's mean over ranks
+    takes that back to the one-process gradient.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist_nn.all_reduce(statistic)
+    return statistic
+
+
+def _row_weights(x: Tensor, weight: Tensor | None, reduce: Reduce) -> tuple[Tensor, Tensor]:
+    """Row weights (N, 1) and their sum over all rows (0-d): all ones when none are given."""
+    w = x.new_ones(len(x)) if weight is None else weight.to(x.dtype)
+    return w[:, None], reduce(w.sum())
+
+
+def _mean(x: Tensor, w: Tensor, n: Tensor, reduce: Reduce) -> Tensor:
+    return reduce((x * w).sum(0)) / n.clamp(min=1)
