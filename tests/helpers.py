@@ -11,6 +11,31 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from tjepa.masking import MaskedBatch, MaskingConfig, MaskSampler
+from tjepa.model import ModelConfig
+
+SMALL_MODEL = ModelConfig(vocab_size=50, dim=32, depth=2, heads=2, predictor_dim=16,
+                          predictor_depth=2, predictor_heads=2)
+LENGTHS = torch.tensor([64, 57, 31, 12, 64, 40, 9, 50])
+
+
+def short_batch(seed: int = 0, views: int = 2) -> MaskedBatch:
+    """Four short documents (40, 33, 20 and 9 tokens) and their views."""
+    sampler = MaskSampler(MaskingConfig("ul2", views=views), seed=seed)
+    tokens = torch.randint(1, 50, (4, 40), generator=torch.Generator().manual_seed(seed))
+    return sampler(tokens, torch.tensor([40, 33, 20, 9]))
+
+
+def varied_batch(seed: int = 0, views: int = 3, lengths: torch.Tensor = LENGTHS) -> MaskedBatch:
+    """Documents of varied ``lengths`` and their views, widths rounded to 16 (for packing)."""
+    sampler = MaskSampler(MaskingConfig("ul2", views=views), seed=seed, pad_multiple=16)
+    width = int(lengths.max())
+    tokens = torch.randint(1, 50, (len(lengths), width),
+                           generator=torch.Generator().manual_seed(1))
+    tokens = tokens.masked_fill(torch.arange(width) >= lengths[:, None], 0)
+    return sampler(tokens, lengths)
+
+
 TINY = [
     "model.dim=32", "model.depth=2", "model.heads=2", "model.predictor_dim=16",
     "model.predictor_depth=1", "model.predictor_heads=2", "data.batch_size=8",

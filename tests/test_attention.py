@@ -8,8 +8,7 @@ import warnings
 import pytest
 import torch
 
-from tests.helpers import HostWaits
-from tests.test_packing import CONFIG, masked_batch
+from tests.helpers import SMALL_MODEL, HostWaits, varied_batch
 from tjepa.attention import attention_mask, dense_mask
 from tjepa.jepa import JEPA
 from tjepa.masking import MaskingConfig, MaskSampler
@@ -38,9 +37,9 @@ def test_packed_flex_and_sdpa_attention_agree():
     # would disagree. (The CPU's flex applies mask_mod in full blocks too; the next test checks
     # those.)
     torch.manual_seed(0)
-    model = JEPA(CONFIG).eval()
+    model = JEPA(SMALL_MODEL).eval()
     lengths = torch.tensor([300, 280, 140, 200, 90, 31])
-    packed = pack(masked_batch(seed=2, lengths=lengths), row_length=512)
+    packed = pack(varied_batch(seed=2, lengths=lengths), row_length=512)
     with torch.no_grad():  # flex has no CPU backward: with gradients the CPU takes SDPA
         mask = attention_mask(torch.where(packed.document_sequence >= 0, 0, -1), "flex",
                               packed.document_sequence)
@@ -71,7 +70,7 @@ def test_packed_block_mask_visits_what_the_rule_allows_and_skips_mask_mod_only_w
     # The CPU's flex_attention applies mask_mod everywhere, so it cannot catch a block wrongly
     # marked full; this compares the blocks with the dense rule directly.
     lengths = torch.tensor([300, 280, 140, 200, 90, 31])
-    packed = pack(masked_batch(seed=2, lengths=lengths), row_length=512)
+    packed = pack(varied_batch(seed=2, lengths=lengths), row_length=512)
     sequence = getattr(packed, f"{stream}_sequence")
     groups = packed.predictor_group if stream == "predictor" else torch.where(sequence >= 0, 0, -1)
     with torch.no_grad():

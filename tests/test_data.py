@@ -227,3 +227,20 @@ def test_tinystories_sample_prepares(tinystories_sample, tmp_path):
     summary = data.prepare(str(tinystories_sample), tmp_path / "sample")
     assert summary["documents"] > 100
     assert summary["vocab_size"] < 10_000
+
+
+def test_vocab_from_a_run_tokenizes_new_text_with_that_runs_vocabulary(tinytales_bins, tmp_path,
+                                                                     capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "vocab.json").write_text((tinytales_bins / "meta.json").read_text())
+    stories = tmp_path / "mine.txt"
+    stories.write_text("\n<|endoftext|>\n".join(["Lily saw a quokka by the lake."] * 20))
+    assert data.main(["--source", str(stories), "--out", str(tmp_path / "mine"),
+                      "--vocab-from", str(run)]) == 0
+    bins = data.TokenBins(tmp_path / "mine")
+    assert bins.meta["id_map"] == data.TokenBins(tinytales_bins).meta["id_map"]
+    assert data.UNKNOWN_ID in bins.split("train").tokens  # "quokka" is not in tinytales
+    assert data.main(["--source", str(stories), "--out", str(tmp_path / "x"),
+                      "--vocab-from", str(tmp_path)]) == 2
+    assert "no vocab.json" in capsys.readouterr().err

@@ -7,30 +7,52 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from tests.helpers import tiny
+from tjepa import data, probe, runs, train
 from tjepa import eval as tjepa_eval
 from tjepa.runs import RunError
 
 
-def test_eval_scores_every_probe_against_random_init(tiny_run):
+def test_eval_scores_every_probe_against_random_init_and_the_shortcuts(tiny_run):
     report = tjepa_eval.evaluate_run(tiny_run, max_documents=300, random_inits=2, progress=False)
     names = {p["name"] for p in report["probes"]}
     assert {"factor:hero", "factor:ending", "forecast:ending", "factor:friend", "same_story",
-            "token_identity", "decoder_lens"} <= names
+            "order:halves", "order:words", "token_identity", "decoder_lens"} <= names
     kinds = {p["name"]: p["kind"] for p in report["probes"]}
-    assert kinds["forecast:ending"] == kinds["factor:friend"] == kinds["same_story"] == "semantic"
+    assert {kinds[n] for n in ("factor:friend", "same_story", "order:halves",
+                               "order:words")} == {"semantic"}
+    assert kinds["forecast:ending"] == "pretext"  # the S denoiser's own task: not the headline
     assert kinds["factor:ending"] == "nonlinear" and kinds["factor:hero"] == "lexical"
-    for p in report["probes"]:  # the baseline of a document probe is the mean of two twins
-        assert (p["random_init_std"] is not None) == (p["kind"] != "information")
     for p in report["probes"]:
+        assert {"name", "kind", "trained", "random_init", "best_baseline"} <= set(p)
+        assert p["best_baseline"] == max([p["random_init"], *p["baselines"].values()])
         assert 0 <= p["trained"] <= 1 and 0 <= p["random_init"] <= 1
+        # the baseline of a document probe is the mean of two twins, with its spread
+        assert (p["random_init_std"] is not None) == (p["kind"] != "information")
+        shortcuts = p["kind"] in ("semantic", "lexical", "nonlinear")
+        assert set(p["baselines"]) == (set(probe.SHORTCUTS) if shortcuts else set())
     hero = next(p for p in report["probes"] if p["name"] == "factor:hero")
-    assert hero["bag_of_embeddings"] > 0.9  # a name is a word: a bag of words reads it
+    # a name is a word: a bag of words reads it
+    assert max(hero["baselines"]["bag_of_words"], hero["baselines"]["bag_of_embeddings"]) > 0.9
+    semantic = [p["trained"] - p["best_baseline"] for p in report["probes"]
+                if p["kind"] == "semantic"]
+    assert report["semantic_gain"] == pytest.approx(sum(semantic) / len(semantic), abs=1e-4)
+    assert (Path(report["checkpoint"]).name, report["step"]) == ("last.pt", 8)
     assert report["rankme"] > 0
     assert json.loads((tiny_run / "eval.json").read_text())["probes"] == report["probes"]
     assert (tiny_run / "eval.png").exists()
+
+
+def test_eval_reads_the_checkpoint_it_is_told_to(tiny_run):
+    best = tjepa_eval.evaluate_run(tiny_run, max_documents=100, random_inits=1,
+                                   progress=False, checkpoint="best")
+    assert Path(best["checkpoint"]).name == "best.pt" and best["step"] in (5, 8)
+    with pytest.raises(RunError, match="no checkpoint there"):
+        tjepa_eval.evaluate_run(tiny_run, checkpoint=tiny_run / "missing.pt", progress=False)
 
 
 def test_eval_cli_prints_json_last(tiny_run):
@@ -39,7 +61,9 @@ def test_eval_cli_prints_json_last(tiny_run):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert {"probes", "rankme"} <= set(last)
+    assert {"probes", "rankme", "semantic_gain", "checkpoint", "step"} <= set(last)
+    assert all({"name", "kind", "trained", "random_init", "best_baseline"} <= set(p)
+               for p in last["probes"])
 
 
 def test_runs_table_sets_saved_evaluations_side_by_side_and_writes_the_readme(tiny_run,
@@ -62,14 +86,47 @@ def test_runs_table_sets_saved_evaluations_side_by_side_and_writes_the_readme(ti
     assert table in text and "old" not in text and text.endswith("end\n")
     assert f"--saved --readme {readme}`" in text  # the command that wrote it
     header, _, *rows = table.splitlines()
-    assert header.startswith(f"| probe | {tiny_run.name} | twin |")
+    assert header.startswith(f"| probe: trained (best baseline) | {tiny_run.name} | twin |")
     first = report["probes"][0]["name"]
-    assert any(row.startswith(f"| {first} (") and "| 0.123 |" in row for row in rows)
-    kinds = [row.split("(")[1].split(")")[0] for row in rows if "(" in row.split("|")[1]]
+    assert any(row.startswith(f"| {first} (") and "| 0.123 (" in row for row in rows)
+    labels = [row.split("|")[1].strip().rsplit("(", 1)[-1].rstrip(")") for row in rows]
+    kinds = [label for label in labels if label in tjepa_eval.KIND_ORDER]
     assert kinds == sorted(kinds, key=tjepa_eval.KIND_ORDER.index)  # semantic first
-    assert rows.index("| **semantic gain** | " + " | ".join(
-        [f"**{report['semantic_gain']:+.3f}**"] * 2) + " | |") == kinds.count("semantic")
-    del report["probes"][0]
+    gain = f"**{report['semantic_gain']:+.3f}**"
+    assert rows.index(f"| **semantic gain** (mean margin) | {gain} | {gain} |") == \
+        kinds.count("semantic")
+    assert "| checkpoint (step) | last.pt (8) | last.pt (8) |" in rows
+    del report["probes"][0]  # a probe one run lacks (the masked LM has no predictor) is a dash
     (twin / "eval.json").write_text(json.dumps(report))
-    with pytest.raises(RunError, match="another suite"):
-        tjepa_eval.runs_table([tiny_run, twin])
+    assert any(row.startswith(f"| {first} (") and row.endswith(" | — |")
+               for row in tjepa_eval.runs_table([tiny_run, twin]).splitlines())
+
+
+def test_a_masked_lm_run_is_probed_by_the_same_suite_and_tabled_beside_the_jepa(
+        tiny_run, tinytales_bins, tmp_path):
+    config = runs.load_config(None, tiny(tinytales_bins, "train.max_steps=4",
+                                         'objective.name="mlm"'))
+    train.train(config, tmp_path / "mlm", progress=False)
+    report = tjepa_eval.evaluate_run(tmp_path / "mlm", max_documents=100, random_inits=1,
+                                     progress=False)
+    names = {p["name"] for p in report["probes"]}
+    assert {"same_story", "order:halves", "order:words", "token_identity"} <= names
+    assert not names & {"forecast:ending", "decoder_lens"}  # it has no predictor to ask
+    tjepa_eval.evaluate_run(tiny_run, max_documents=100, random_inits=1, progress=False)
+    table = tjepa_eval.runs_table([tiny_run, tmp_path / "mlm"])
+    assert "| objective | jepa | mlm |" in table
+    assert any(row.startswith("| decoder_lens (information)") and row.endswith(" | — |")
+               for row in table.splitlines())
+
+
+def test_eval_refuses_bins_made_with_another_vocabulary(tiny_run, tmp_path):
+    stories = tmp_path / "stories.txt"
+    stories.write_text("\n<|endoftext|>\n".join(["Zorp quibbled with the xylophone."] * 20))
+    other = tmp_path / "other"
+    data.prepare(str(stories), other)
+    with pytest.raises(RunError, match="--vocab-from"):
+        tjepa_eval.evaluate_run(tiny_run, data_dir=other, progress=False)
+    same = tmp_path / "same"
+    data.prepare(str(stories), same, vocab=data.read_run_vocabulary(tiny_run))
+    assert data.TokenBins(same).meta["id_map"] == json.loads(
+        (tiny_run / "vocab.json").read_text())["id_map"]

@@ -7,14 +7,14 @@ import warnings
 
 import torch
 
-from tests.test_model import CONFIG, masked_batch
+from tests.helpers import SMALL_MODEL, short_batch
 from tjepa.jepa import JEPA, encode_documents
 
 
 def test_context_encoder_output_ignores_target_tokens():
     torch.manual_seed(0)
-    model = JEPA(CONFIG).eval()
-    batch = masked_batch()
+    model = JEPA(SMALL_MODEL).eval()
+    batch = short_batch()
     changed = batch.tokens.clone()
     v = 0
     targets = batch.target_positions[v][batch.target_valid[v]]
@@ -30,8 +30,8 @@ def test_context_encoder_output_ignores_target_tokens():
 
 def test_predictions_do_not_depend_on_how_much_padding_the_batch_has():
     torch.manual_seed(0)
-    model = JEPA(CONFIG).eval()
-    batch = masked_batch()
+    model = JEPA(SMALL_MODEL).eval()
+    batch = short_batch()
     pad = lambda t, value: torch.nn.functional.pad(t, (0, 24), value=value)  # 24 more slots
     wider = type(batch)(**{**batch.__dict__,
                            "context_positions": pad(batch.context_positions, 0),
@@ -48,8 +48,8 @@ def test_predictions_do_not_depend_on_how_much_padding_the_batch_has():
 
 def test_sdpa_and_flex_attention_agree():
     torch.manual_seed(0)
-    model = JEPA(CONFIG).eval()
-    batch = masked_batch(seed=2, views=3)
+    model = JEPA(SMALL_MODEL).eval()
+    batch = short_batch(seed=2, views=3)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sdpa_pred, sdpa_targets = model.predict(batch)
@@ -63,7 +63,7 @@ def test_sdpa_and_flex_attention_agree():
 
 def test_padding_never_produces_nan_and_never_leaks():
     torch.manual_seed(0)
-    model = JEPA(CONFIG)
+    model = JEPA(SMALL_MODEL)
     tokens = torch.randint(1, 50, (2, 12))
     lengths = torch.tensor([12, 3])
     out = encode_documents(model.context_encoder, tokens, lengths)
@@ -75,7 +75,7 @@ def test_padding_never_produces_nan_and_never_leaks():
 
 
 def test_ema_update_moves_the_target_toward_the_context_encoder():
-    model = JEPA(CONFIG)
+    model = JEPA(SMALL_MODEL)
     with torch.no_grad():
         for p in model.context_encoder.parameters():
             p.add_(1.0)

@@ -7,26 +7,17 @@ import warnings
 import pytest
 import torch
 
+from tests.helpers import short_batch
 from tjepa.attention import attention_groups, attention_mask
 from tjepa.config import ConfigError
-from tjepa.masking import MaskingConfig, MaskSampler
 from tjepa.model import ModelConfig, Transformer
-
-CONFIG = ModelConfig(vocab_size=50, dim=32, depth=2, heads=2, predictor_dim=16,
-                     predictor_depth=2, predictor_heads=2)
-
-
-def masked_batch(seed=0, views=2):
-    sampler = MaskSampler(MaskingConfig("ul2", views=views), seed=seed)
-    tokens = torch.randint(1, 50, (4, 40), generator=torch.Generator().manual_seed(seed))
-    return sampler(tokens, torch.tensor([40, 33, 20, 9]))
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
 def test_predictor_attention_keeps_spans_apart_and_context_blind(backend):
     torch.manual_seed(0)
     net = Transformer(dim=16, depth=2, heads=2, mlp_ratio=2, rope_theta=10_000).eval()
-    batch = masked_batch(seed=3)
+    batch = short_batch(seed=3)
     groups = attention_groups(batch)  # (V, S)
     positions = torch.cat([batch.context_positions, batch.target_positions], 1)
     x = torch.randn(*groups.shape, 16)
@@ -45,7 +36,7 @@ def test_predictor_attention_keeps_spans_apart_and_context_blind(backend):
 def test_rope_attention_is_unchanged_when_all_positions_shift():
     torch.manual_seed(0)
     net = Transformer(dim=16, depth=2, heads=2, mlp_ratio=2, rope_theta=10_000).eval()
-    batch = masked_batch(seed=1)
+    batch = short_batch(seed=1)
     groups = attention_groups(batch)
     positions = torch.cat([batch.context_positions, batch.target_positions], 1)
     x = torch.randn(*groups.shape, 16)

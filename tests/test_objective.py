@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tjepa.objective import prediction_loss, sigreg, vicreg_terms
+from tjepa.objective import (
+    ObjectiveConfig,
+    anti_collapse_term,
+    prediction_loss,
+    sigreg,
+    vicreg_terms,
+)
 
 
 def test_sigreg_is_about_one_for_gaussian_samples_and_large_for_collapsed_ones():
@@ -41,3 +47,20 @@ def test_constant_prediction_of_layer_normed_targets_costs_about_0_42():
     targets = torch.nn.functional.layer_norm(torch.randn(64, 8, 512), (512,))
     loss = prediction_loss(torch.zeros_like(targets), targets, "smooth_l1").mean()
     assert abs(float(loss) - 0.42) < 0.01
+
+
+def test_the_sigreg_regularizer_weighs_the_same_whatever_the_number_of_tokens():
+    # LeJEPA's scale: a fixed sample count, so λ does not grow with the batch
+    config = ObjectiveConfig(anti_collapse="sigreg", sigreg_samples=256)
+    g = torch.Generator().manual_seed(0)
+    squeezed = torch.randn(8000, 1, generator=g) * torch.ones(1, 32)  # one direction
+    terms = []
+    for n in (500, 8000):
+        torch.manual_seed(0)
+        terms.append(float(anti_collapse_term(config, squeezed[:n], torch.ones(n))))
+    assert terms[1] == pytest.approx(terms[0], rel=0.1)
+    torch.manual_seed(0)
+    unscaled = float(sigreg(squeezed, normalize=False))  # N = the rows: 31x larger here
+    assert unscaled > 10 * terms[1] / config.sigreg_weight
+    assert config.prediction_weight == pytest.approx(0.95)
+    assert ObjectiveConfig(anti_collapse="vicreg").prediction_weight == 1.0

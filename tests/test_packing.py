@@ -6,27 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import tiny
+from tests.helpers import LENGTHS, SMALL_MODEL, tiny, varied_batch
 from tjepa import runs, train
 from tjepa.config import ConfigError
 from tjepa.jepa import JEPA
-from tjepa.masking import MaskingConfig, MaskSampler
-from tjepa.model import ModelConfig
 from tjepa.objective import ObjectiveConfig
 from tjepa.packing import first_fit, pack, padding_share
-
-CONFIG = ModelConfig(vocab_size=50, dim=32, depth=2, heads=2, predictor_dim=16,
-                     predictor_depth=2, predictor_heads=2)
-LENGTHS = torch.tensor([64, 57, 31, 12, 64, 40, 9, 50])
-
-
-def masked_batch(seed=0, views=3, lengths=LENGTHS):
-    sampler = MaskSampler(MaskingConfig("ul2", views=views), seed=seed, pad_multiple=16)
-    width = int(lengths.max())
-    tokens = torch.randint(1, 50, (len(lengths), width),
-                           generator=torch.Generator().manual_seed(1))
-    tokens = tokens.masked_fill(torch.arange(width) >= lengths[:, None], 0)
-    return sampler(tokens, lengths)
 
 
 def test_first_fit_keeps_every_sequence_inside_one_row():
@@ -43,7 +28,7 @@ def test_first_fit_keeps_every_sequence_inside_one_row():
 
 
 def test_pack_lays_every_token_out_once_in_order():
-    batch = masked_batch()
+    batch = varied_batch()
     packed = pack(batch, row_length=128)
     for b, length in enumerate(LENGTHS.tolist()):
         here = packed.document_sequence == b
@@ -66,7 +51,7 @@ def test_pack_lays_every_token_out_once_in_order():
 
 def test_pack_refuses_rows_shorter_than_a_document():
     with pytest.raises(ValueError, match="row_length 32 is shorter"):
-        pack(masked_batch(), row_length=32)
+        pack(varied_batch(), row_length=32)
 
 
 def test_pack_length_shorter_than_the_block_is_a_config_error():
@@ -77,8 +62,8 @@ def test_pack_length_shorter_than_the_block_is_a_config_error():
 @pytest.mark.parametrize("anti_collapse", ["vicreg", "sigreg"])
 def test_packed_and_padded_batches_give_the_same_loss_and_gradients(anti_collapse):
     torch.manual_seed(0)
-    model = JEPA(CONFIG, ObjectiveConfig(anti_collapse=anti_collapse))
-    batch = masked_batch()
+    model = JEPA(SMALL_MODEL, ObjectiveConfig(anti_collapse=anti_collapse))
+    batch = varied_batch()
     results, grads = [], []
     for laid_out in (batch, pack(batch, row_length=128)):
         model.zero_grad()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from tjepa import probe
+from tjepa import data, probe
 
 
 def test_linear_probe_reads_a_linearly_coded_label_and_not_noise():
@@ -38,3 +39,48 @@ def test_nearest_documents_finds_the_closest_rows():
     assert probe.nearest_documents(x, 0, k=1)[0][0] == 1
 
 
+def test_reordered_stories_hold_the_same_tokens_so_length_and_bag_of_words_cannot_tell():
+    rng = np.random.default_rng(0)
+    stories = [rng.integers(1, 50, int(n)) for n in rng.integers(24, 90, 200)]
+    ends = np.zeros(50, dtype=bool)
+    ends[7] = True  # token 7 ends a sentence
+    for how in ("halves", "words"):
+        altered, labels = probe.reordered(stories, how, ends, seed=1)
+        assert 0.35 < labels.mean() < 0.65
+        for before, after, label in zip(stories, altered, labels, strict=True):
+            assert sorted(before) == sorted(after)  # the same bag of tokens, the same length
+            assert (not np.array_equal(before, after)) == bool(label)
+    # the halves are swapped at the sentence end nearest the middle
+    story = np.array([1, 2, 3, 7, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15])
+    swapped = next(a for a, y in zip(*probe.reordered([story] * 8, "halves", ends, seed=0),
+                                     strict=True) if y)
+    assert swapped.tolist() == [8, 9, 10, 11, 12, 13, 14, 15, 1, 2, 3, 7, 4, 5, 6, 7]
+
+
+def test_same_story_pairs_cannot_be_told_apart_by_their_lengths(tinytales_bins):
+    split = data.TokenBins(tinytales_bins).split("train")
+    stories = [np.asarray(split.document(i)) for i in range(1600)]
+
+    def length_accuracy(first, second, label):
+        x = probe.pair_features(*(torch.tensor([[len(c)] for c in chunks], dtype=torch.float)
+                                  for chunks in (first, second)))
+        y = torch.from_numpy(label)
+        return probe.linear_probe(x[:1200], y[:1200], x[1200:], y[1200:])
+
+    assert length_accuracy(*probe.chunk_pairs(stories, seed=0)) < 0.62
+    # cut in the middle, with any other story as the negative, the lengths give it away
+    halves = [s[: len(s) // 2] for s in stories], [s[len(s) // 2 :] for s in stories]
+    rng = np.random.default_rng(0)
+    same = rng.random(len(stories)) < 0.5
+    partner = np.where(same, np.arange(len(stories)), rng.permutation(len(stories)))
+    assert length_accuracy(halves[0], [halves[1][p] for p in partner],
+                           same.astype(np.int64)) > 0.8
+
+
+def test_the_best_baseline_is_the_best_of_random_init_and_the_shortcuts():
+    result = probe.ProbeResult("p", "semantic", trained=0.8, random_init=0.6,
+                               baselines={"length": 0.5, "bag_of_words": 0.7})
+    assert (result.best_baseline, result.best_baseline_name) == (0.7, "bag_of_words")
+    assert result.margin == pytest.approx(0.1)
+    (record,) = probe.as_dicts([result])
+    assert record["best_baseline"] == 0.7 and probe.ProbeResult.from_dict(record) == result

@@ -61,3 +61,8 @@ def test_a_run_folder_with_the_objective_under_optim_is_read_with_a_warning(tmp_
         config = runs.load_config(old)
     assert (config.objective.anti_collapse, config.objective.loss) == ("sigreg", "l2")
     assert config.optim.lr == 0.001
+
+
+def test_an_objective_key_set_under_optim_is_an_error_that_names_its_section():
+    with pytest.raises(ConfigError, match=r"--set objective.anti_collapse=\.\.\."):
+        runs.load_config(None, ['optim.anti_collapse="ema"'])

@@ -32,18 +32,40 @@ def test_loss_falls_on_tinytales(tinytales_bins, tmp_path):
     assert all(0 <= r["data_wait"] < 1 for r in records)
     tokens_per_s, data_wait = runs.throughput(records)
     assert tokens_per_s > 0 and 0 <= data_wait < 1
-    assert any("val_loss" in r for r in records)
+    validated = [r for r in records if "val_loss" in r]
+    # the yardstick beside it: the loss of the best constant prediction, the targets' mean
+    assert validated and all(r["val_constant_loss"] > 0 for r in validated)
 
 
-def test_resume_logs_identical_losses(tinytales_bins, tmp_path):
-    config = runs.load_config(None, tiny(tinytales_bins, "train.max_steps=12"))
+@pytest.mark.parametrize(("anti_collapse", "stop", "end"),
+                         [("ema", 6, 12), ("vicreg", 6, 12), ("sigreg", 20, 40)])
+def test_resume_logs_identical_losses(tinytales_bins, tmp_path, anti_collapse, stop, end):
+    # SIGReg draws its projections from torch's generator, which the checkpoint carries
+    config = runs.load_config(None, tiny(tinytales_bins, f"train.max_steps={end}",
+                                         f'objective.anti_collapse="{anti_collapse}"'))
     whole = train.train(config, tmp_path / "whole", progress=False)
-    first = train.train(config, tmp_path / "split", stop_at=6, progress=False)
-    assert first["step"] == 6
-    resumed_config = runs.load_config(tmp_path / "split" / "config.toml")
+    first = train.train(config, tmp_path / "split", stop_at=stop, progress=False)
+    assert first["step"] == stop
+    resumed_config = runs.resume_config(tmp_path / "split")
     train.train(resumed_config, tmp_path / "split", resume=True, progress=False)
     losses = [r["loss"] for r in runs.read_metrics(tmp_path / "split")]
     assert losses == whole["losses"]  # bitwise, on CPU
+    # the stopped run also validated where it stopped; the steps both validated agree
+    val = {r["step"]: r["val_loss"] for r in runs.read_metrics(tmp_path / "split")
+           if "val_loss" in r}
+    expected = {r["step"]: r["val_loss"] for r in runs.read_metrics(tmp_path / "whole")
+                if "val_loss" in r}
+    assert {step: val[step] for step in expected} == expected
+
+
+def test_resume_refuses_another_length_and_records_what_it_changes(tinytales_bins, tmp_path):
+    config = runs.load_config(None, tiny(tinytales_bins, "train.max_steps=8"))
+    train.train(config, tmp_path / "run", stop_at=4, progress=False)
+    refused = run_cli("--resume", str(tmp_path / "run"), "--max-steps", "16")
+    assert refused.returncode == 1 and "planned for 8 steps" in refused.stderr
+    resumed = run_cli("--resume", str(tmp_path / "run"), "--set", "train.log_interval=2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert runs.load_config(tmp_path / "run" / "config.toml").train.log_interval == 2
 
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes_exactly(tinytales_bins, tmp_path):
@@ -130,3 +152,17 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(
         assert torch.allclose(a[key], b[key], atol=1e-5), key
 
 
+
+
+def test_the_masked_lm_baseline_trains_through_the_same_command(tinytales_bins, tmp_path):
+    sets = sum((["--set", s] for s in tiny(tinytales_bins, "train.max_steps=6",
+                                           'objective.name="mlm"')), [])
+    result = run_cli(*sets, "--out", str(tmp_path / "mlm"))
+    assert result.returncode == 0, result.stderr
+    records = runs.read_metrics(tmp_path / "mlm")
+    assert records[-1]["loss"] < records[0]["loss"]  # cross-entropy of the hidden tokens
+    assert all(r["val_constant_loss"] > 0 for r in records if "val_loss" in r)
+    model, config, _ = runs.load_run(tmp_path / "mlm")
+    assert config.objective.name == "mlm" and type(model).__name__ == "MaskedLM"
+    refused = run_cli(*sets, "--set", "train.pack_length=96", "--out", str(tmp_path / "packed"))
+    assert refused.returncode == 1 and "takes padded batches" in refused.stderr

@@ -297,6 +297,14 @@ class Vocabulary:
         return out
 
 
+def read_run_vocabulary(run_dir: str | Path) -> Vocabulary:
+    """The vocabulary a trained run folder keeps in its ``vocab.json``."""
+    path = Path(run_dir) / "vocab.json"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: no vocab.json (not a tjepa run folder)")
+    return Vocabulary.from_meta(json.loads(path.read_text()))
+
+
 # --- writing bins --------------------------------------------------------------------------
 
 
@@ -307,11 +315,18 @@ def prepare(
     force: bool = False,
     max_documents: int | None = None,
     seed: int = 0,
+    vocab: Vocabulary | None = None,
 ) -> dict:
-    """Read ``source``, tokenize it and write a bins folder at ``out``; returns a summary."""
+    """Read ``source``, tokenize it and write a bins folder at ``out``; returns a summary.
+
+    ``vocab``: a trained run's vocabulary (its ``vocab.json``) instead of one built from this
+    corpus's training split, so that the run can read these bins (``--vocab-from RUN``);
+    tokens it never saw become the unseen id.
+    """
     out = Path(out)
     if out.exists() and not force:
         raise DataError(f"{out}: already exists (pass --force to overwrite it)")
+    encoding = vocab.encoding_name if vocab is not None else encoding
     enc = get_encoding(encoding)
     corpus = read_corpus(source, max_documents, seed)
     for split, docs in corpus.splits.items():
@@ -333,7 +348,7 @@ def prepare(
                 counts if split == "train" else None,
             )
         seconds = time.perf_counter() - started
-        vocab = Vocabulary(encoding, np.flatnonzero(counts))
+        vocab = vocab if vocab is not None else Vocabulary(encoding, np.flatnonzero(counts))
         for split in corpus.splits:
             raw = np.fromfile(tmp / f"{split}.raw", dtype=np.uint32)
             vocab.compact(raw).tofile(tmp / f"{split}.bin")
@@ -533,12 +548,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-documents", type=int, default=None,
                         help="keep at most this many documents (tinytales: how many to generate)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the val split / tinytales")
+    parser.add_argument("--vocab-from", metavar="RUN",
+                        help="tokenize with a trained run's vocabulary (its vocab.json), so "
+                             "that python -m tjepa.eval RUN --data OUT can read the bins")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
     parser.add_argument("--json", action="store_true", help="print a JSON summary as last line")
     args = parser.parse_args(argv)
     try:
+        vocab = read_run_vocabulary(args.vocab_from) if args.vocab_from else None
         summary = prepare(args.source, args.out, args.encoding, args.force,
-                          args.max_documents, args.seed)
+                          args.max_documents, args.seed, vocab)
     except DataError as e:
         print(f"tjepa.data: error: {e}", file=sys.stderr)
         return 2

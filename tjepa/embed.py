@@ -26,10 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file")
     parser.add_argument("--out", help="output .npy (default: FILE with .npy)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", default="last",
+                        help="last (default), best (lowest validation loss) or a path")
     args = parser.parse_args(argv)
     try:
         texts = data.read_text_file(Path(args.file))
-        vectors = embed_texts(args.run_dir, texts, device=args.device)
+        vectors = embed_texts(args.run_dir, texts, device=args.device,
+                              checkpoint=args.checkpoint)
     except (data.DataError, RunError) as e:
         print(f"tjepa.embed: error: {e}", file=sys.stderr)
         return 1

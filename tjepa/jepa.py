@@ -98,6 +98,19 @@ class JEPA(nn.Module):
             attention_mask(batch.predictor_group, backend, batch.predictor_sequence))
         return (predictions, targets, context) if return_context else (predictions, targets)
 
+    @torch.no_grad()
+    def constant_loss_sum(self, batch: MaskedBatch | PackedBatch) -> Tensor:
+        """The summed loss of one constant prediction, the targets' mean, at every target: what
+        the loss is to beat. Far below the loss of predicting zeros when the targets have
+        collapsed to a few directions."""
+        predict = self.predict_packed if isinstance(batch, PackedBatch) else self.predict
+        _, targets = predict(batch)
+        valid = batch.target_valid
+        weight = valid.float()[..., None]
+        mean = (targets.float() * weight).flatten(0, -2).sum(0) / weight.sum().clamp(min=1)
+        per_token = prediction_loss(mean.expand_as(targets), targets.float(), self.objective.loss)
+        return (per_token * valid).sum()
+
     def _target_grad(self) -> torch.set_grad_enabled:
         """Gradients through the targets only for SIGReg without stop-gradient."""
         target_grad = not (self.uses_ema or self.objective.target_stop_gradient)

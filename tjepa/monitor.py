@@ -9,22 +9,26 @@ representation dies. The metrics below tell these apart:
   the effective number of dimensions in use; ≈ 1 when collapsed, up to the width when healthy.
 - ``std``: mean per-dimension standard deviation of L2-normalized embeddings (≈ 1/√d healthy,
   → 0 under complete collapse).
-- ``cosine``: mean pairwise cosine similarity of centred embeddings.
 - ``sigreg``: the Epps–Pulley statistic of random 1-D projections against N(0, 1) (LeJEPA,
   Balestriero & LeCun 2025), ≈ 0.55 for Gaussian embeddings once centred and scaled, far
   larger when they are squeezed into few directions.
 
-``std`` and ``cosine`` miss dimensional collapse: embeddings on a 2-D plane still spread out
-and still look uncorrelated to them. RankMe and SIGReg catch it, so the alarm rests on RankMe
-(and on ``std`` only for the complete collapse it does see). Metrics are computed on token
-embeddings (plain keys) and, for RankMe and std, on mean-pooled documents (``_doc`` keys).
+``std`` misses dimensional collapse: embeddings on a 2-D plane still spread out. RankMe and
+SIGReg catch it, so the alarm rests on RankMe (and on ``std`` only for the complete collapse it
+does see). Metrics are computed on token embeddings (plain keys) and, for RankMe and std, on
+mean-pooled documents (``_doc`` keys).
+
+A fixed RankMe line cannot catch a partial collapse: a run whose rank falls from most of the
+width to a fifth of it stays far above a line low enough for every healthy run. So the alarm
+also judges each RankMe against the run's own: it trips when the token or document RankMe
+falls below ``rankme_drop`` of the highest value the run has shown.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -40,14 +44,16 @@ class MonitorConfig:
     interval: int = 50  # steps between measurements
     documents: int = 256  # held-out validation documents measured each time
     max_tokens: int = 2048  # token embeddings sampled from them for the metrics
-    rankme_alarm: float = 0.1  # alarm when the target encoder's token RankMe < this × width
-    std_alarm: float = 0.2  # ... or when its token std < this × 1/√width
+    rankme_alarm: float = 0.1  # alarm when the target encoder's token RankMe < this × width,
+    std_alarm: float = 0.2  # ... or when its token std < this × 1/√width,
+    rankme_drop: float = 0.5  # ... or its token or document RankMe < this × the run's peak
     stop_on_alarm: bool = False
 
     def __post_init__(self) -> None:
         check(self.interval >= 1, f"interval must be >= 1, got {self.interval}")
         check(self.documents >= 2, f"documents must be >= 2, got {self.documents}")
         check(0 <= self.rankme_alarm < 1, "rankme_alarm must be in [0, 1)")
+        check(0 <= self.rankme_drop < 1, "rankme_drop must be in [0, 1)")
 
 
 def rankme(embeddings: Tensor, eps: float = 1e-7) -> float:
@@ -60,13 +66,6 @@ def rankme(embeddings: Tensor, eps: float = 1e-7) -> float:
 def embedding_std(embeddings: Tensor) -> float:
     """Mean over dimensions of the std across samples of L2-normalized embeddings."""
     return float(F.normalize(embeddings.double(), dim=-1).std(0).mean())
-
-
-def mean_pairwise_cosine(embeddings: Tensor) -> float:
-    """Mean cosine similarity between distinct rows of the centred embeddings."""
-    x = F.normalize(embeddings.double() - embeddings.double().mean(0), dim=-1)
-    n = len(x)
-    return float(((x @ x.T).sum() - (x * x).sum()) / (n * (n - 1)))
 
 
 def collapse_metrics(tokens: Tensor, documents: Tensor | None = None,
@@ -82,7 +81,6 @@ def collapse_metrics(tokens: Tensor, documents: Tensor | None = None,
     metrics = {
         "rankme": rankme(tokens),
         "std": embedding_std(tokens),
-        "cosine": mean_pairwise_cosine(tokens),
         "sigreg": float(sigreg(tokens, generator=generator)),
     }
     if documents is not None:
@@ -93,11 +91,25 @@ def collapse_metrics(tokens: Tensor, documents: Tensor | None = None,
 
 @dataclass
 class CollapseAlarm:
-    """Trips once when RankMe or std of the target encoder fall below their lines."""
+    """Trips once when RankMe or std of the target encoder fall below their lines, or its
+    token or document RankMe falls below ``rankme_drop`` of the run's peak. ``history``: the
+    records a resumed run logged before (their peaks count)."""
 
     config: MonitorConfig
     width: int
+    history: list[dict] = field(default_factory=list)
     tripped_at: int | None = None
+
+    def __post_init__(self) -> None:
+        self.peaks = {"rankme": 0.0, "rankme_doc": 0.0}
+        for record in self.history:
+            self._remember(record)
+            if record.get("collapse_alarm") and self.tripped_at is None:
+                self.tripped_at = record["step"]
+
+    def _remember(self, metrics: dict[str, float]) -> None:
+        for key in self.peaks:
+            self.peaks[key] = max(self.peaks[key], metrics.get(key, 0.0))
 
     @property
     def rankme_line(self) -> float:
@@ -109,13 +121,19 @@ class CollapseAlarm:
 
     def check(self, metrics: dict[str, float], step: int) -> bool:
         """True when this measurement trips the alarm (warns the first time only)."""
-        collapsed = metrics["rankme"] < self.rankme_line or metrics["std"] < self.std_line
+        self._remember(metrics)
+        dropped = [key for key, peak in self.peaks.items()
+                   if key in metrics and metrics[key] < self.config.rankme_drop * peak]
+        collapsed = (metrics["rankme"] < self.rankme_line or metrics["std"] < self.std_line
+                     or bool(dropped))
         if collapsed and self.tripped_at is None:
             self.tripped_at = step
+            fell = "".join(f", {key} {metrics[key]:.1f} of a peak of {self.peaks[key]:.1f}"
+                           for key in dropped)
             warnings.warn(
                 f"collapse alarm at step {step}: RankMe {metrics['rankme']:.2f} (line "
-                f"{self.rankme_line:.2f}), std {metrics['std']:.4f} (line {self.std_line:.4f})",
-                stacklevel=2)
+                f"{self.rankme_line:.2f}), std {metrics['std']:.4f} (line {self.std_line:.4f})"
+                f"{fell}", stacklevel=2)
         return collapsed
 
 

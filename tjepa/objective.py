@@ -28,7 +28,7 @@ from torch import Tensor
 
 from tjepa.config import check
 
-ObjectiveName = Literal["jepa"]
+ObjectiveName = Literal["jepa", "mlm"]
 LossKind = Literal["smooth_l1", "l2", "cosine"]
 AntiCollapse = Literal["ema", "sigreg", "vicreg"]
 Reduce = Callable[[Tensor], Tensor]  # sums a statistic over the rows other processes hold
@@ -36,13 +36,20 @@ Reduce = Callable[[Tensor], Tensor]  # sums a statistic over the rows other proc
 
 @dataclass
 class ObjectiveConfig:
-    """What a run learns to do: ``name`` the objective (the JEPA's embedding prediction), its
-    per-token ``loss`` and its anti-collapse mechanism with that mechanism's weights.
+    """What a run learns to do: ``name`` the objective — ``jepa``, the JEPA's embedding
+    prediction, or ``mlm``, the masked-LM baseline (``tjepa.mlm``: the hidden tokens' ids, by
+    cross-entropy, on the same encoder and masks) — and, for the JEPA, its per-token ``loss``
+    and its anti-collapse mechanism with that mechanism's weights.
 
     The sigreg and vicreg terms are statistics of a micro-batch, summed over DDP ranks
-    (``sum_over_ranks``) but not over gradient-accumulation micro-batches. Their weights are
-    relative to the prediction loss; VICReg's own paper uses 25 : 25 : 1 for invariance :
-    variance : covariance, LeJEPA λ = 0.05 for SIGReg.
+    (``sum_over_ranks``) but not over gradient-accumulation micro-batches.
+
+    SIGReg is weighed as LeJEPA weighs it: the loss is (1 − λ)·prediction + λ·SIGReg with
+    λ = ``sigreg_weight`` (LeJEPA: 0.05), and SIGReg's statistic is taken at a fixed sample
+    count, ``sigreg_samples`` (LeJEPA's is its per-view batch, a few hundred images), not at
+    the number of tokens a micro-batch happens to hold: so λ means the same at any batch size,
+    number of views, ``grad_accum`` or world size. The VICReg terms' weights are relative to
+    the prediction loss (VICReg's paper: 25 : 25 : 1 for invariance : variance : covariance).
     """
 
     name: ObjectiveName = "jepa"
@@ -50,6 +57,7 @@ class ObjectiveConfig:
     anti_collapse: AntiCollapse = "ema"
     sigreg_weight: float = 0.05
     sigreg_directions: int = 256
+    sigreg_samples: int = 256
     target_stop_gradient: bool = True  # sigreg: no gradient through the targets
     vicreg_variance_weight: float = 1.0
     vicreg_covariance_weight: float = 0.04
@@ -57,8 +65,17 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         check(self.sigreg_directions >= 1,
               f"sigreg_directions must be >= 1, got {self.sigreg_directions}")
+        check(self.sigreg_samples >= 1,
+              f"sigreg_samples must be >= 1, got {self.sigreg_samples}")
+        check(self.sigreg_weight < 1, f"sigreg_weight must be < 1, got {self.sigreg_weight}")
         for name in ("sigreg_weight", "vicreg_variance_weight", "vicreg_covariance_weight"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def prediction_weight(self) -> float:
+        """What the prediction loss is multiplied by in the loss that is minimized: 1 − λ
+        under SIGReg (LeJEPA's convex combination), 1 otherwise."""
+        return 1 - self.sigreg_weight if self.anti_collapse == "sigreg" else 1.0
 
     @property
     def uses_ema(self) -> bool:
@@ -87,7 +104,8 @@ def anti_collapse_term(config: ObjectiveConfig, embeddings: Tensor, valid: Tenso
     reduce = sum_over_ranks if torch.is_grad_enabled() else _local
     if config.anti_collapse == "sigreg":
         return config.sigreg_weight * sigreg(embeddings, config.sigreg_directions,
-                                             normalize=False, weight=weight, reduce=reduce)
+                                             normalize=False, weight=weight, reduce=reduce,
+                                             samples=config.sigreg_samples)
     if config.anti_collapse == "vicreg":
         variance, covariance = vicreg_terms(embeddings, weight=weight, reduce=reduce)
         return (config.vicreg_variance_weight * variance
@@ -102,7 +120,8 @@ def _local(statistic: Tensor) -> Tensor:
 
 def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
            generator: torch.Generator | None = None, knots: int = 33,
-           weight: Tensor | None = None, reduce: Reduce = _local) -> Tensor:
+           weight: Tensor | None = None, reduce: Reduce = _local,
+           samples: int | None = None) -> Tensor:
     """Epps–Pulley statistic of random unit projections against N(0, 1), averaged (0-d).
 
     ``N ∫ |φ_N(t) − e^{−t²/2}|² e^{−t²/2} dt``, with φ_N the empirical characteristic function
@@ -112,7 +131,8 @@ def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
     lowers the Gaussian level to ≈ 0.55); without it, it also asks for zero mean and unit
     variance (the LeJEPA regularizer). ``weight`` (N,) of 0/1 leaves rows out (padding).
     ``reduce`` sums each statistic over the rows held elsewhere (``sum_over_ranks``).
-    Differentiable.
+    ``samples``: the N the integral is multiplied by, when it should not be the number of rows
+    (the regularizer: a fixed N, so its weight does not move with the batch). Differentiable.
     """
     x = embeddings.float()
     w, n = _row_weights(x, weight, reduce)
@@ -133,7 +153,7 @@ def sigreg(embeddings: Tensor, directions: int = 256, normalize: bool = True,
     real, imag = reduce(sums) / n.clamp(min=1)
     gauss = torch.exp(-t.square() / 2)
     integrand = ((real - gauss).square() + imag.square()) * gauss
-    return n * torch.trapezoid(integrand, t, dim=-1).mean()
+    return (n if samples is None else samples) * torch.trapezoid(integrand, t, dim=-1).mean()
 
 
 def vicreg_terms(embeddings: Tensor, eps: float = 1e-4, weight: Tensor | None = None,

@@ -112,15 +112,17 @@ def training_figure(records: Sequence[dict]) -> Figure:
 
 
 def probe_figure(results) -> Figure:
-    """Probe accuracies: trained encoder, random init and bag of embeddings side by side."""
+    """Probe accuracies: the trained encoder, random init and the best shortcut side by side.
+    """
     names = [r.name for r in results]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
-    series = [("trained", "trained"), ("random_init", "random init"),
-              ("bag_of_embeddings", "bag of embeddings")]
-    for i, (key, label) in enumerate(series):
-        values = [getattr(r, key) if getattr(r, key) is not None else np.nan for r in results]
-        spread = [getattr(r, f"{key}_std", None) or 0.0 for r in results]
+    shortcut = [max(r.baselines.values()) if r.baselines else np.nan for r in results]
+    series = [("trained", [r.trained for r in results], None),
+              ("random init", [r.random_init for r in results],
+               [r.random_init_std or 0.0 for r in results]),
+              ("best shortcut", shortcut, None)]
+    for i, (label, values, spread) in enumerate(series):
         ax.bar(x + (i - 1) * 0.27, values, width=0.27, label=label, yerr=spread, capsize=2)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("validation accuracy")
@@ -147,14 +149,15 @@ def lengths_figure(lengths_by_split: dict[str, np.ndarray],
 
 
 def collapse_figure(runs: dict[str, Sequence[dict]], alarm_line: float | None = None) -> Figure:
-    """RankMe, std and cosine of the target encoder over steps, one line per run."""
-    keys = [("rankme", "token RankMe"), ("std", "std of normalized embeddings"),
-            ("cosine", "mean pairwise cosine (centred)")]
+    """Token and document RankMe and std of the target encoder over steps, a line per run."""
+    keys = [("rankme", "token RankMe"), ("rankme_doc", "document RankMe"),
+            ("std", "std of normalized embeddings")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     for name, records in runs.items():
         measured = [r for r in records if "rankme" in r]
         for ax, (key, _) in zip(axes, keys, strict=True):
-            ax.plot([r["step"] for r in measured], [r[key] for r in measured], "o-", label=name)
+            ax.plot([r["step"] for r in measured], [r.get(key, np.nan) for r in measured], "o-",
+                    label=name)
     for ax, (_, title) in zip(axes, keys, strict=True):
         ax.set_title(title)
         ax.set_xlabel("step")

@@ -1,32 +1,45 @@
-"""Frozen-encoder evaluation: linear probes against a random-init encoder and a bag of embeddings.
+"""Frozen-encoder evaluation: linear probes, each against random init and the shortcuts a
+skeptic would try first.
 
-A JEPA has no generative head to test, so we ask what its embeddings make *linearly* readable:
+A JEPA has no generative head to test, so we ask what its embeddings make *linearly* readable,
+and whether anything cheaper reads it as well. Every probe is scored for
 
-- ``factor:*`` (tinytales): each ground-truth factor of a story from its mean-pooled
-  embedding. ``semantic`` where a bag of words cannot read it (who is the friend: both names
-  occur, only their roles differ), ``lexical`` where a word names it (a random-init encoder
-  reads those well already, so they measure what survives training, not what it learned),
-  and ``nonlinear`` for the ending read from the story *before* it is told: an XNOR of two
-  sentences, which neither a random encoder nor a bag of words makes linearly readable from
-  a mean pool, though it is the predictor's job more than the encoder's to say what comes
-  next;
-- ``forecast:ending`` (semantic, tinytales): that job is the predictor's. Given the prefix as
-  context and mask tokens over the next ``FORECAST_HORIZON`` positions (one S-denoiser view),
-  the mean of the predictor's outputs: does the model expect a happy or a sad ending?
-- ``same_story`` (semantic, any corpus): were two chunks cut from the same story? from
-  ``[a, b, |a − b|, a · b]`` of the two chunks' embeddings;
-- ``token_identity`` (information): the input token from its contextual embedding;
-- ``decoder_lens`` (information): that token readout, applied to the *predictor's* outputs at
-  hidden positions — which words does the predictor "think" fill a span?
+- the trained target encoder (mean-pooled);
+- ``random_init``: random-init twins of the same shape (the mean over them);
+- shortcuts: ``length`` (the number of tokens, and its log), ``bag_of_words`` (token
+  frequencies, hashed into ``BAG_OF_WORDS_BUCKETS``) and ``bag_of_embeddings`` (the mean of
+  the trained model's input embeddings: a bag of words through a learned table).
 
-Every probe is scored for the trained encoder and for a random-init encoder of the same shape
-(the bar a JEPA must clear), and, for document probes, for the mean of the trained model's
-input token embeddings (what a bag of words already gives).
+``best_baseline`` is the best of random init and the shortcuts; a probe's margin is
+``trained − best_baseline``, and the headline (``semantic_gain``) is the mean margin over the
+``semantic`` probes. The probes, by kind:
+
+- ``semantic``, where no shortcut should pass:
+  - ``factor:*`` (tinytales) of a story whose words do not name it (who the friend is: both
+    names occur, only their roles differ);
+  - ``same_story`` (any corpus): were two chunks cut from the same story? Each story is cut at
+    a random point between 30 % and 70 % of its length, and a negative pairs the first chunk
+    with the second chunk of the story whose second chunk is closest in length, so the two
+    lengths do not tell; names shared by both chunks still do, which ``bag_of_words`` shows;
+  - ``order:halves`` and ``order:words`` (any corpus): is the story as written, or are its
+    two halves swapped at the sentence end nearest the middle (``halves``), or is a window of
+    ``SHUFFLE_WINDOW`` tokens in its middle shuffled (``words``)? Both versions hold the same
+    tokens, so length and bag of words read nothing by construction;
+- ``lexical``: a tinytales factor that a word names (a bag of words reads it; these measure
+  what survives training);
+- ``nonlinear``: the tinytales ending read from the story *before* it is told, an XNOR of two
+  sentences that neither a random encoder nor a bag of words makes linearly readable;
+- ``pretext``: ``forecast:ending`` asks the predictor, given the prefix and mask tokens over
+  the next ``FORECAST_HORIZON`` positions, what comes next. That is the S denoiser's training
+  task: it checks that the pretext task was learned, not what the representation holds, so
+  it stays out of the headline;
+- ``information``: ``token_identity`` (the input token from its contextual embedding) and
+  ``decoder_lens`` (that readout on the predictor's outputs at hidden positions).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -42,23 +55,47 @@ from tjepa.model import Encoder
 MAX_PROBE_DOCUMENTS = 2000  # per split; enough for stable accuracies, seconds on a CPU
 MAX_PROBE_TOKENS = 20_000
 RANDOM_INITS = 3  # random-init twins per document probe
+BAG_OF_WORDS_BUCKETS = 1024
+SHUFFLE_WINDOW = 8
+ORDER_MIN_TOKENS = 24  # stories shorter than this sit out the order probes
 # The forecast asks about the same number of positions after every prefix: with mask tokens
 # over the whole rest of the story, their count (the outcome's length) would tell the ending
 # to a predictor that learned nothing. Every tinytales outcome is longer than this.
 FORECAST_HORIZON = 24
+SHORTCUTS = ("length", "bag_of_words", "bag_of_embeddings")
 
 
 @dataclass
 class ProbeResult:
     name: str
-    kind: str  # "semantic", "lexical", "nonlinear" or "information" (see the module docstring)
+    kind: str  # semantic, lexical, nonlinear, pretext or information (the module docstring)
     trained: float
     random_init: float  # the mean over the random-init twins
-    bag_of_embeddings: float | None = None
+    baselines: dict[str, float] = field(default_factory=dict)  # shortcut → accuracy
     random_init_std: float | None = None  # across the twins, when there are several
     chance: float | None = None
     n_train: int = 0
     n_val: int = 0
+
+    @property
+    def best_baseline(self) -> float:
+        """The best of random init and the shortcuts: the bar the trained encoder must clear."""
+        return max([self.random_init, *self.baselines.values()])
+
+    @property
+    def best_baseline_name(self) -> str:
+        scores = {"random_init": self.random_init, **self.baselines}
+        return max(scores, key=scores.get)
+
+    @property
+    def margin(self) -> float:
+        return self.trained - self.best_baseline
+
+    @classmethod
+    def from_dict(cls, record: dict) -> ProbeResult:
+        """A result from its ``as_dicts`` form (derived keys dropped)."""
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in record.items() if k in names})
 
 
 # --- features ------------------------------------------------------------------------------
@@ -76,35 +113,97 @@ def bag_of_embeddings(encoder: Encoder, tokens: Tensor, lengths: Tensor) -> Tens
     return mean_pool(encoder.embed(tokens), lengths)
 
 
-def document_features(feature_fn, split: data.DocumentSplit, documents: np.ndarray,
-                      block_size: int, limits: np.ndarray | None = None, batch_size: int = 64,
-                      device: str = "cpu") -> Tensor:
-    """Features of whole documents, or of their first ``limits[i]`` tokens: (N, D)."""
+def bag_of_words(tokens: Tensor, lengths: Tensor,
+                 buckets: int = BAG_OF_WORDS_BUCKETS) -> Tensor:
+    """Token frequencies (counts over the length), ids hashed into ``buckets``: (B, buckets)."""
+    valid = torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]
+    counts = torch.zeros(len(tokens), buckets, device=tokens.device)
+    counts.scatter_add_(1, tokens % buckets, valid.float())
+    return counts / lengths[:, None].float()
+
+
+def length_features(tokens: Tensor, lengths: Tensor) -> Tensor:
+    """The number of tokens and its log: (B, 2)."""
+    n = lengths.float()[:, None]
+    return torch.cat([n, n.log()], dim=1)
+
+
+def features_of(feature_fn, sequences: list[np.ndarray], device: str = "cpu",
+                batch_size: int = 64) -> Tensor:
+    """``feature_fn(tokens, lengths)`` over token sequences, in padded batches: (N, D)."""
     out = []
-    for start in range(0, len(documents), batch_size):
-        chunk = slice(start, start + batch_size)
-        tokens, lengths = split.batch(documents[chunk], block_size,
-                                      None if limits is None else limits[chunk])
+    for start in range(0, len(sequences), batch_size):
+        tokens, lengths = pad(sequences[start : start + batch_size])
         out.append(feature_fn(tokens.to(device), lengths.to(device)).cpu())
     return torch.cat(out)
 
 
-def chunk_pairs(split: data.DocumentSplit, documents: np.ndarray, block_size: int,
-                seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """First and second halves of each document, paired with their own other half (label 1)
-    or with the other half of a different document (label 0), half and half."""
-    docs = [split.document(d)[: 2 * block_size].astype(np.int64) for d in documents]
-    first = [d[: len(d) // 2] for d in docs]
-    second = [d[len(d) // 2 :] for d in docs]
+def pair_features(a: Tensor, b: Tensor) -> Tensor:
+    return torch.cat([a, b, (a - b).abs(), a * b], dim=1)
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def chunk_pairs(sequences: list[np.ndarray], seed: int = 0
+                ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Each story cut at a random point between 30 % and 70 % of its length; the first chunk
+    paired with its own second chunk (label 1) or, half the time, with the second chunk of the
+    story whose second chunk is closest in length (label 0)."""
     rng = np.random.default_rng(seed)
-    n = len(documents)
+    cut = [int(np.clip(round(len(s) * rng.uniform(0.3, 0.7)), 1, len(s) - 1))
+           for s in sequences]
+    first = [s[:c] for s, c in zip(sequences, cut, strict=True)]
+    second = [s[c:] for s, c in zip(sequences, cut, strict=True)]
+    n = len(sequences)
     same = rng.random(n) < 0.5
-    partner = np.where(same, np.arange(n), (np.arange(n) + rng.integers(1, n, n)) % n)
+    order = np.argsort([len(s) for s in second], kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    # the neighbour in length order (up or down at random): another story, nearly the length
+    step = np.where(rng.random(n) < 0.5, 1, -1)
+    neighbour_rank = rank + step
+    neighbour_rank = np.where((neighbour_rank < 0) | (neighbour_rank >= n), rank - step,
+                              neighbour_rank)
+    partner = np.where(same, np.arange(n), order[neighbour_rank])
     return first, [second[p] for p in partner], same.astype(np.int64)
 
 
-def pair_features(a: Tensor, b: Tensor) -> Tensor:
-    return torch.cat([a, b, (a - b).abs(), a * b], dim=1)
+def sentence_ends(vocab: data.Vocabulary) -> np.ndarray:
+    """Which compact ids end a sentence (their text ends in . ! or ?, quotes aside): (V,)."""
+    text = vocab.decode_tokens(range(1, vocab.size))
+    ends = [t.strip().rstrip("\"'”’").endswith((".", "!", "?")) for t in text]
+    return np.array([False, *ends])
+
+
+def reordered(sequences: list[np.ndarray], how: str, ends: np.ndarray, seed: int = 0
+              ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Half the sequences altered without changing which tokens they hold (label 1), half as
+    written (label 0). ``halves``: the two halves swapped at the sentence end nearest the
+    middle (the middle when there is none); ``words``: ``SHUFFLE_WINDOW`` tokens in the middle
+    shuffled."""
+    rng = np.random.default_rng(seed)
+    altered = rng.random(len(sequences)) < 0.5
+    out = []
+    for s, alter in zip(sequences, altered, strict=True):
+        s = np.asarray(s)
+        if not alter:
+            out.append(s)
+            continue
+        n = len(s)
+        if how == "halves":
+            boundaries = np.flatnonzero(ends[s[: n - 1]]) + 1  # cut after a sentence end
+            cut = int(boundaries[np.abs(boundaries - n / 2).argmin()]) if len(boundaries) \
+                else n // 2
+            out.append(np.concatenate([s[cut:], s[:cut]]))
+        else:
+            start = int(rng.integers(n // 4, max(n // 4 + 1, 3 * n // 4 - SHUFFLE_WINDOW)))
+            window = s[start : start + SHUFFLE_WINDOW]
+            shuffled = window[rng.permutation(len(window))]
+            if np.array_equal(shuffled, window):
+                shuffled = window[::-1]
+            out.append(np.concatenate([s[:start], shuffled, s[start + SHUFFLE_WINDOW :]]))
+    return out, altered.astype(np.int64)
 
 
 # --- the linear probe ----------------------------------------------------------------------
@@ -118,95 +217,109 @@ def linear_probe(x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor,
     return float((readout(x_val).argmax(1) == y_val).float().mean())
 
 
+def score(features: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], name: str,
+          kind: str) -> ProbeResult:
+    """A probe's result from features per model (``trained``, ``random_init/k``, shortcuts)
+    and split: a linear probe fit on ``train``, scored on ``val``."""
+    accuracy = {model: linear_probe(f["train"], labels["train"], f["val"], labels["val"])
+                for model, f in features.items()}
+    baselines = {k: accuracy.pop(k) for k in SHORTCUTS if k in accuracy}
+    return ProbeResult(name, kind, **_fold(accuracy), baselines=baselines,
+                       chance=_majority(labels["val"]), n_train=len(labels["train"]),
+                       n_val=len(labels["val"]))
+
+
 # --- the suite -----------------------------------------------------------------------------
 
 
 def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: MaskingConfig,
-                 seed: int = 0, device: str = "cpu", max_documents: int = MAX_PROBE_DOCUMENTS,
-                 random_inits: int = RANDOM_INITS, progress: bool = True) -> list[ProbeResult]:
-    """All probes for a trained JEPA, its random-init twins and the bag-of-embeddings baseline.
+               seed: int = 0, device: str = "cpu", max_documents: int = MAX_PROBE_DOCUMENTS,
+               random_inits: int = RANDOM_INITS, progress: bool = True) -> list[ProbeResult]:
+    """All probes for a trained model, its random-init twins and the shortcuts.
 
-    Document probes score ``random_inits`` random-init twins and report their mean (and spread):
-    one twin's score moves by a few points with its seed, as much as the gains we look for.
-    The token probes, which no mechanism is judged by, use the first twin only."""
-    random_models = [random_twin(model, seed + 12345 + k, device) for k in range(random_inits)]
+    Document probes score ``random_inits`` twins and report their mean (and spread): one
+    twin's score moves by a few points with its seed, as much as the gains we look for. The
+    token probes use the first twin only. Models without a predictor (the masked-LM baseline)
+    skip the probes that ask the predictor."""
+    twins = [random_twin(model, seed + 12345 + k, device) for k in range(random_inits)]
     train_split, val_split = bins.split("train"), bins.split("val")
     rng = np.random.default_rng(seed)
-    train_docs = np.sort(rng.permutation(len(train_split))[:max_documents])
-    val_docs = np.arange(min(len(val_split), max_documents))
-    encoders = {
+    docs = {"train": np.sort(rng.permutation(len(train_split))[:max_documents]),
+            "val": np.arange(min(len(val_split), max_documents))}
+    splits = {"train": train_split, "val": val_split}
+    stories = {s: [np.asarray(splits[s].document(d)[:block_size], dtype=np.int64)
+                   for d in docs[s]] for s in splits}
+    feature_fns = {
         "trained": lambda t, n: pooled(model.target_encoder, t, n),
         **{f"random_init/{k}": (lambda t, n, m=m: pooled(m.target_encoder, t, n))
-           for k, m in enumerate(random_models)},
+           for k, m in enumerate(twins)},
+        "length": length_features,
+        "bag_of_words": bag_of_words,
         "bag_of_embeddings": lambda t, n: bag_of_embeddings(model.context_encoder, t, n),
     }
+
+    def features(sequences: dict[str, list[np.ndarray]]) -> dict[str, dict[str, Tensor]]:
+        return {name: {s: features_of(fn, seqs, device) for s, seqs in sequences.items()}
+                for name, fn in feature_fns.items()}
+
     steps = tqdm(total=4, desc="probes", disable=not progress, leave=False)
-    splits = {"train": (train_split, train_docs), "val": (val_split, val_docs)}
-
-    def features(limits=None):
-        return {name: {s: document_features(fn, split, docs, block_size,
-                                            None if limits is None else limits[s], device=device)
-                       for s, (split, docs) in splits.items()}
-                for name, fn in encoders.items()}
-
-    whole = features()
-    steps.update()
     results = []
-
     factors = bins.factors()
     if factors:
-        contextual = factors.get("contextual", {})
-        prefix_tokens = {s: np.asarray(factors["prefix_tokens"][s])[docs]
-                         for s, (_, docs) in splits.items()} if "prefix_tokens" in factors \
-            else None
-        prefix = features(prefix_tokens) if prefix_tokens else None
-        for factor, values in factors["values"].items():
-            index = {v: i for i, v in enumerate(values)}
-            y = {s: torch.tensor([index[v] for v in np.asarray(factors[s][factor])[docs]])
-                 for s, (_, docs) in splits.items()}
-            from_prefix = contextual.get(factor) == "prefix"
-            feats = prefix if from_prefix else whole
-            scores = _fold({name: linear_probe(f["train"], y["train"], f["val"], y["val"])
-                            for name, f in feats.items()})
-            kind = "nonlinear" if from_prefix else "semantic" if factor in contextual \
-                else "lexical"
-            sizes = dict(chance=_majority(y["val"]), n_train=len(y["train"]),
-                         n_val=len(y["val"]))
-            results.append(ProbeResult(f"factor:{factor}", kind, **scores, **sizes))
-            if from_prefix:  # what the predictor expects after the prefix: the S-denoiser's task
-                models = {"trained": model, **{f"random_init/{k}": m
-                                               for k, m in enumerate(random_models)}}
-                scores = {}
-                for name, m in models.items():
-                    f = {s: forecast_features(m, split, docs, block_size, prefix_tokens[s], device)
-                         for s, (split, docs) in splits.items()}
-                    scores[name] = linear_probe(f["train"], y["train"], f["val"], y["val"])
-                scores = _fold(scores)
-                results.append(ProbeResult(f"forecast:{factor}", "semantic", **scores, **sizes))
+        results += factor_probes(model, twins, factors, stories, docs, features, splits,
+                                 block_size, device)
     steps.update()
 
-    pair_scores = {}
-    pairs = {split_name: chunk_pairs(split, docs, block_size, seed)
-             for split_name, split, docs in (("train", train_split, train_docs),
-                                             ("val", val_split, val_docs))}
-    for name, fn in encoders.items():
-        xs = {}
-        for split_name, (first, second, _) in pairs.items():
-            a = _features_of_chunks(fn, first, device)
-            b = _features_of_chunks(fn, second, device)
-            xs[split_name] = pair_features(a, b)
-        pair_scores[name] = linear_probe(xs["train"], torch.from_numpy(pairs["train"][2]),
-                                         xs["val"], torch.from_numpy(pairs["val"][2]))
-    results.append(ProbeResult("same_story", "semantic", chance=_majority(
-        torch.from_numpy(pairs["val"][2])), n_train=len(train_docs), n_val=len(val_docs),
-        **_fold(pair_scores)))
+    pairs = {s: chunk_pairs(stories[s], seed) for s in splits}
+    a = features({s: pairs[s][0] for s in splits})
+    b = features({s: pairs[s][1] for s in splits})
+    results.append(score({m: {s: pair_features(a[m][s], b[m][s]) for s in splits} for m in a},
+                         {s: torch.from_numpy(pairs[s][2]) for s in splits}, "same_story",
+                         "semantic"))
     steps.update()
 
-    token_results = token_probes(model, random_models[0], train_split, val_split, train_docs,
-                                 val_docs, block_size, masking, seed, device)
-    results.extend(token_results)
+    ends = sentence_ends(bins.vocab)
+    long_enough = {s: [x for x in stories[s] if len(x) >= ORDER_MIN_TOKENS] for s in splits}
+    for how in ("halves", "words"):
+        altered = {s: reordered(long_enough[s], how, ends, seed + i)
+                   for i, s in enumerate(splits)}
+        results.append(score(features({s: altered[s][0] for s in splits}),
+                             {s: torch.from_numpy(altered[s][1]) for s in splits},
+                             f"order:{how}", "semantic"))
+    steps.update()
+
+    results += token_probes(model, twins[0], train_split, val_split, docs["train"],
+                            docs["val"], block_size, masking, seed, device)
     steps.update()
     steps.close()
+    return results
+
+
+def factor_probes(model, twins, factors: dict, stories, docs, features, splits,
+                  block_size: int, device: str) -> list[ProbeResult]:
+    """tinytales' factors from the whole story (``semantic`` or ``lexical``) or from its
+    prefix (``nonlinear``), and the predictor's forecast after the prefix (``pretext``)."""
+    contextual = factors.get("contextual", {})
+    whole = features(stories)
+    prefix_tokens = ({s: np.asarray(factors["prefix_tokens"][s])[docs[s]] for s in splits}
+                     if "prefix_tokens" in factors else None)
+    prefix = features({s: [x[:p] for x, p in zip(stories[s], prefix_tokens[s], strict=True)]
+                       for s in splits}) if prefix_tokens else None
+    results = []
+    for factor, values in factors["values"].items():
+        index = {v: i for i, v in enumerate(values)}
+        y = {s: torch.tensor([index[v] for v in np.asarray(factors[s][factor])[docs[s]]])
+             for s in splits}
+        from_prefix = contextual.get(factor) == "prefix"
+        kind = "nonlinear" if from_prefix else "semantic" if factor in contextual else "lexical"
+        results.append(score(prefix if from_prefix else whole, y, f"factor:{factor}", kind))
+        if from_prefix and hasattr(model, "predict"):
+            forecasts = {name: {s: forecast_features(m, splits[s], docs[s], block_size,
+                                                     prefix_tokens[s], device)
+                                for s in splits}
+                         for name, m in {"trained": model, **{f"random_init/{k}": m for k, m
+                                                              in enumerate(twins)}}.items()}
+            results.append(score(forecasts, y, f"forecast:{factor}", "pretext"))
     return results
 
 
@@ -220,12 +333,14 @@ def token_probes(model: JEPA, random_model: JEPA, train_split, val_split, train_
         x_val, y_val = token_features(m, val_split, val_docs, block_size, device)
         readout = fit_readout(x_train, y_train)
         scores[name] = float((readout(x_val).argmax(1) == y_val).float().mean())
-        lens[name] = decoder_lens_accuracy(m, readout, val_split, val_docs, block_size,
-                                           MaskSampler(masking, seed), device)
-    return [
-        ProbeResult("token_identity", "information", n_train=MAX_PROBE_TOKENS, **scores),
-        ProbeResult("decoder_lens", "information", **lens),
-    ]
+        if hasattr(m, "predict"):
+            lens[name] = decoder_lens_accuracy(m, readout, val_split, val_docs, block_size,
+                                               MaskSampler(masking, seed), device)
+    results = [ProbeResult("token_identity", "information", n_train=MAX_PROBE_TOKENS,
+                           **scores)]
+    if lens:
+        results.append(ProbeResult("decoder_lens", "information", **lens))
+    return results
 
 
 def fit_readout(x: Tensor, y: Tensor, weight_decay: float = 1e-4, max_iter: int = 100,
@@ -296,7 +411,9 @@ def nearest_documents(features: Tensor, query: int, k: int = 5) -> list[tuple[in
 
 
 def as_dicts(results: list[ProbeResult]) -> list[dict]:
-    return [asdict(r) for r in results]
+    """Results as JSON-ready dicts, with their best baseline (and which one it is)."""
+    return [{**asdict(r), "best_baseline": r.best_baseline,
+             "best_baseline_name": r.best_baseline_name} for r in results]
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -308,14 +425,6 @@ def pad(ids: list[np.ndarray]) -> tuple[Tensor, Tensor]:
     for i, x in enumerate(ids):
         tokens[i, : len(x)] = torch.from_numpy(np.asarray(x, dtype=np.int64))
     return tokens, lengths
-
-
-def _features_of_chunks(feature_fn, chunks: list[np.ndarray], device: str) -> Tensor:
-    out = []
-    for start in range(0, len(chunks), 64):
-        tokens, lengths = pad(chunks[start : start + 64])
-        out.append(feature_fn(tokens.to(device), lengths.to(device)).cpu())
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -362,16 +471,18 @@ def _masked_batches(split, documents, block_size: int, sampler: MaskSampler):
 
 
 def random_twin(model: JEPA, seed: int, device: str = "cpu") -> JEPA:
-    """A JEPA of the same shape and objective as ``model``, freshly initialized from ``seed``."""
+    """A model of the same kind, shape and objective as ``model``, freshly initialized from
+    ``seed``."""
     torch.manual_seed(seed)
-    return JEPA(model.config, model.objective).to(device).eval()
+    return type(model)(model.config, model.objective).to(device).eval()
 
 
 def _fold(scores: dict[str, float]) -> dict[str, float]:
     """``random_init/k`` scores into their mean (``random_init``) and spread."""
     twins = [v for k, v in scores.items() if k.startswith("random_init/")]
     folded = {k: v for k, v in scores.items() if not k.startswith("random_init/")}
-    folded["random_init"] = float(np.mean(twins))
+    if twins:
+        folded["random_init"] = float(np.mean(twins))
     if len(twins) > 1:
         folded["random_init_std"] = float(np.std(twins))
     return folded

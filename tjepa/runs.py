@@ -35,6 +35,7 @@ from tjepa.config import CONFIG_DIR, ConfigError, check, dump_toml, from_dict, l
 from tjepa.data import DataConfig
 from tjepa.jepa import JEPA
 from tjepa.masking import MaskingConfig
+from tjepa.mlm import MaskedLM
 from tjepa.model import ModelConfig
 from tjepa.monitor import MonitorConfig
 from tjepa.objective import ObjectiveConfig
@@ -100,6 +101,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         self.masking.check_fits(self.data.block_size)
         length = self.train.pack_length
+        check(self.objective.name == "jepa" or length == 0,
+              f"objective.name = {self.objective.name!r} takes padded batches: set "
+              f"train.pack_length = 0 (it is {length})")
         check(length == 0 or length >= self.data.block_size,
               f"train.pack_length ({length}) must be 0 (off) or at least data.block_size "
               f"({self.data.block_size}): a document must fit in one packed row")
@@ -117,16 +121,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     """A RunConfig from a TOML file (default ``configs/default.toml``) and ``section.key=value``
     overrides; every error names the key and the file."""
     path = Path(path) if path else DEFAULT_CONFIG
-    table = load_toml(path)
+    table = _moved_objective_keys(load_toml(path), path)
     for override in overrides:
         key, sep, raw = override.partition("=")
         parts = key.strip().split(".")
         if not sep or len(parts) != 2:
             raise ConfigError(f"--set {override!r}: expected section.key=value")
         section, name = parts
+        if section == "optim" and name in OBJECTIVE_KEYS:
+            raise ConfigError(f"--set {override!r}: {name} is set in [objective] "
+                              f"(--set objective.{name}=...)")
         table.setdefault(section, {})[name] = _parse_value(raw)
     try:
-        return from_dict(RunConfig, _moved_objective_keys(table, path))
+        return from_dict(RunConfig, table)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
@@ -135,9 +142,22 @@ OBJECTIVE_KEYS = ("loss", "anti_collapse", "sigreg_weight", "sigreg_directions",
                   "target_stop_gradient", "vicreg_variance_weight", "vicreg_covariance_weight")
 
 
+def resume_config(run_dir: Path, overrides: list[str] = ()) -> RunConfig:
+    """The config to resume ``run_dir`` with: its own, with ``overrides`` (which the resumed
+    run records in its config.toml). A change of ``train.max_steps`` is refused: the
+    schedules of the steps already taken were laid out for the planned length."""
+    config = load_config(run_dir / "config.toml", overrides)
+    planned = load_config(run_dir / "config.toml").train.max_steps
+    if config.train.max_steps != planned:
+        raise ConfigError(f"{run_dir} was planned for {planned} steps, and its schedules with "
+                          f"it; resume it as it is (--stop-at ends it earlier), or start a new "
+                          f"run")
+    return config
+
+
 def _moved_objective_keys(table: dict, path: Path) -> dict:
     """Run folders written before ``[objective]`` existed kept its keys under ``[optim]``:
-    read them where they belong now, with a warning."""
+    read them where they belong now, with a warning (a key set in both: ``[objective]``'s)."""
     optim = table.get("optim", {})
     moved = [key for key in OBJECTIVE_KEYS if isinstance(optim, dict) and key in optim]
     if moved:
@@ -166,6 +186,13 @@ def start_run_folder(run_dir: Path, config: RunConfig, vocab_meta: dict) -> None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(dump_toml(to_dict(config)))
     (run_dir / "vocab.json").write_text(json.dumps(vocab_meta))
+
+
+def build_model(config: RunConfig) -> JEPA | MaskedLM:
+    """The run's model: the JEPA, or the masked-LM baseline when ``objective.name = "mlm"``.
+    ``config.model.vocab_size`` must be resolved."""
+    kind = MaskedLM if config.objective.name == "mlm" else JEPA
+    return kind(config.model, config.objective)
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -278,31 +305,42 @@ def throughput(records: list[dict]) -> tuple[float, float]:
 # --- reading a run back --------------------------------------------------------------------
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu"
-             ) -> tuple[JEPA, RunConfig, data.Vocabulary]:
-    """A run's JEPA (eval mode), RunConfig and vocabulary, from the run folder alone."""
+def checkpoint_path(run_dir: str | Path, checkpoint: str | Path = "last") -> Path:
+    """``last`` or ``best`` of a run folder, or any checkpoint file by its path."""
+    if str(checkpoint) in ("last", "best"):
+        return Path(run_dir) / f"{checkpoint}.pt"
+    return Path(checkpoint)
+
+
+def load_run(run_dir: str | Path, checkpoint: str | Path = "last", device: str = "cpu"
+             ) -> tuple[JEPA | MaskedLM, RunConfig, data.Vocabulary]:
+    """A run's model (eval mode), RunConfig and vocabulary, from the run folder alone.
+
+    ``checkpoint``: ``last`` (the end of the run), ``best`` (the lowest validation loss) or a
+    path. The model's ``checkpoint`` and ``checkpoint_step`` say which one it holds.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise RunError(f"{run_dir}: not a run folder (no config.toml)")
-    config = from_dict(RunConfig, _moved_objective_keys(load_toml(run_dir / "config.toml"),
-                                                        run_dir / "config.toml"))
-    path = run_dir / f"{checkpoint}.pt"
-    state = load_checkpoint(path if path.exists() else run_dir / "last.pt", device)
-    model = JEPA(config.model, config.objective)
+    config = load_config(run_dir / "config.toml")
+    path = checkpoint_path(run_dir, checkpoint)
+    state = load_checkpoint(path, device)
+    model = build_model(config)
     model.load_state_dict(state["model"])
-    vocab = data.Vocabulary.from_meta(json.loads((run_dir / "vocab.json").read_text()))
+    model.checkpoint, model.checkpoint_step = str(path), int(state["step"])
+    vocab = data.read_run_vocabulary(run_dir)
     return model.to(device).eval(), config, vocab
 
 
 def embed_texts(run_dir: str | Path, texts: list[str], batch_size: int = 64,
-                device: str = "cpu") -> np.ndarray:
+                device: str = "cpu", checkpoint: str | Path = "last") -> np.ndarray:
     """Mean-pooled target-encoder embeddings of ``texts`` from a trained run folder: (N, D)
     float32.
 
     Tokens the run never saw in training go through the unseen-token id; texts longer than the
     run's block size are truncated.
     """
-    model, config, vocab = load_run(run_dir, device=device)
+    model, config, vocab = load_run(run_dir, checkpoint, device)
     ids = [vocab.encode(t)[: config.data.block_size].astype(np.int64) for t in texts]
     out = []
     for start in range(0, len(ids), batch_size):

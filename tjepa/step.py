@@ -1,9 +1,9 @@
 """One training step, as an object: what ``tjepa.train`` runs in its loop and ``tjepa.lab.bench``
 times.
 
-    step = TrainingStep(config, device)      # model, optimizer, schedule, autocast, DDP
-    batch = step.split(sampler(tokens, lengths))  # on the host, ahead (tjepa.batches)
-    loss = step(i, batch)                    # forward, backward, optimizer, EMA: no host sync
+    training_step = TrainingStep(config, device)  # model, optimizer, schedule, autocast, DDP
+    batch = training_step.split(sampler(tokens, lengths))  # on the host, ahead (batches)
+    loss = training_step(i, batch)           # forward, backward, optimizer, EMA: no host sync
 
 The step reads like I-JEPA's: (1) forward — targets from the target encoder, predictions from
 the context — over this rank's micro-batches, and backward; (2) clip and optimizer step;
@@ -29,10 +29,11 @@ from torch import Tensor
 from tjepa.config import ConfigError
 from tjepa.jepa import JEPA
 from tjepa.masking import MaskedBatch
+from tjepa.mlm import MaskedLM
 from tjepa.model import ModelConfig
 from tjepa.optim import Schedule, make_optimizer
 from tjepa.packing import PackedBatch, pack
-from tjepa.runs import RunConfig
+from tjepa.runs import RunConfig, build_model
 
 
 @dataclass
@@ -67,7 +68,9 @@ class TrainingStep:
     bench; calling it takes one optimizer step.
 
     ``config.model`` must be resolved (vocabulary, attention backend: ``resolve_model``).
-    Compiles the networks in place when the config asks (the state dict keys are unchanged).
+    Building it seeds torch's global generator with ``train.seed`` (the weights' init) and, on
+    CUDA, allows TF32 matmuls. Compiles the networks in place when the config asks (the state
+    dict keys are unchanged).
     """
 
     def __init__(self, config: RunConfig, device: torch.device, world: Distributed | None = None):
@@ -76,11 +79,11 @@ class TrainingStep:
         torch.manual_seed(config.train.seed)
         if cuda:
             torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
-        self.model = JEPA(config.model, config.objective).to(device)
+        self.model = build_model(config).to(device)
         self.optimizer = make_optimizer(self.model, config.optim, fused=cuda)
         self.schedule = Schedule(config.optim, config.train.max_steps)
-        for network in (self.model.context_encoder, self.model.target_encoder,
-                        self.model.predictor):
+        self.prediction_weight = config.objective.prediction_weight
+        for network in networks(self.model):
             network.transformer.recompute = config.train.recompute_activations
         if config.train.compile:
             compile_networks(self.model, config.train.compile_scope)
@@ -121,7 +124,7 @@ class TrainingStep:
                     loss_sum, _, regularizer = self.network(part)
                 loss = loss_sum / max(batch.total_targets, 1)
                 # the regularizer is a mean over each part: average it over all parts
-                regularized = loss + regularizer / n_parts
+                regularized = self.prediction_weight * loss + regularizer / n_parts
                 (regularized * self.world.world_size).backward()  # DDP averages ranks; undo it
             step_loss += loss.detach()
         # Step 2: clip and step the optimizer
@@ -134,23 +137,36 @@ class TrainingStep:
         return step_loss
 
     @torch.no_grad()
-    def validation_loss(self, batches: list[MaskedBatch | PackedBatch]) -> float:
-        """Mean prediction loss over fixed validation batches (waits for the device)."""
-        total = torch.zeros((), device=self.device)
-        count = torch.zeros((), device=self.device)
+    def validation_loss(self, batches: list[MaskedBatch | PackedBatch]) -> dict[str, float]:
+        """Mean loss over fixed validation batches (``val_loss``), and that of the best
+        constant prediction (``val_constant_loss``): the yardstick. Waits for the device."""
+        total, constant, count = (torch.zeros((), device=self.device) for _ in range(3))
         for batch in batches:
+            batch = batch.to(self.device)
             with self.autocast:
-                loss_sum, n, _ = self.model(batch.to(self.device))
+                loss_sum, n, _ = self.model(batch)
+                constant += self.model.constant_loss_sum(batch).float()
             total += loss_sum.float()
             count += n
-        return float(total / count.clamp(min=1))
+        return {"val_loss": float(total / count.clamp(min=1)),
+                "val_constant_loss": float(constant / count.clamp(min=1))}
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        """Weights, optimizer, and torch's random generators (SIGReg draws its projections
+        from them): what a resumed run needs to take the same steps."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": rng}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            if "cuda" in state["rng"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
 
 
 def global_mean(step_loss: Tensor, world: Distributed) -> float:
@@ -185,14 +201,21 @@ def compile_networks(model: JEPA, scope: Literal["block", "network"] = "block") 
     # encoder, evaluation), trainable and frozen weights, padded and packed shapes. That is
     # more than dynamo's default of 8 recompiles before it falls back to eager.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-    for network in (model.context_encoder, model.target_encoder, model.predictor):
+    for network in networks(model):
         if scope == "network":
             network.compile()
         else:
             for block in network.transformer.blocks:
                 block.compile()
-    if scope == "network":  # the packed predictor is a second entry point of the same weights
+    if scope == "network" and hasattr(model, "predictor"):  # packed: a second entry point
         model.predictor.forward_packed = torch.compile(model.predictor.forward_packed)
+
+
+def networks(model: JEPA | MaskedLM) -> list[torch.nn.Module]:
+    """The model's transformers, each once: encoders (one when the target is the context
+    encoder itself) and the predictor."""
+    found = [model.context_encoder, model.target_encoder, getattr(model, "predictor", None)]
+    return [m for i, m in enumerate(found) if m is not None and m not in found[:i]]
 
 
 def init_distributed() -> Distributed:

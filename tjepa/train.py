@@ -31,7 +31,6 @@ from tjepa.batches import BatchStream, held_out_documents, mask_sampler, validat
 from tjepa.config import ConfigError, to_dict
 from tjepa.model import count_parameters
 from tjepa.monitor import CollapseAlarm, measure
-from tjepa.runs import RunConfig, RunError
 from tjepa.step import (
     Distributed,
     TrainingStep,
@@ -42,7 +41,7 @@ from tjepa.step import (
 )
 
 
-def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
+def train(config: runs.RunConfig, run_dir: str | Path, resume: bool = False,
           stop_at: int | None = None, progress: bool = True) -> dict:
     """Train ``config`` into ``run_dir`` (resuming from its ``last.pt`` when ``resume``).
 
@@ -73,14 +72,17 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
         sampler.load_state_dict(state["sampler"])
         step, best_val, loader.position = (state["step"], state["best_val_loss"],
                                            state["loader_position"])
-    elif world.is_main:
+    if world.is_main:  # on resume too: config.toml records what the run now runs with
         runs.start_run_folder(run_dir, config, bins.meta)
     log = runs.MetricsLog(run_dir, config, enabled=world.is_main,
                           resume_step=step if resume else None)
     if world.is_main and not resume:
         model = training_step.model
-        log.info(f"{count_parameters(model.context_encoder):,} encoder and "
-                 f"{count_parameters(model.predictor):,} predictor parameters on {device}")
+        encoder = count_parameters(model.context_encoder)
+        rest = sum(p.numel() for p in model.parameters() if p.requires_grad) - encoder
+        log.info(f"{encoder:,} encoder and {rest:,} "
+                 f"{'predictor' if config.objective.name == 'jepa' else 'head'} parameters "
+                 f"on {device}")
 
     # --- the loop: batch → step → (now and then) log, validate, monitor → save
     end = min(stop_at or config.train.max_steps, config.train.max_steps)
@@ -92,8 +94,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
                 **training_step.state_dict(), **stream.state_dict(), "step": step,
                 "best_val_loss": best_val, "config": to_dict(config)})
 
-    alarm = CollapseAlarm(config.monitor, config.model.dim)
-    window = Window(stream)
+    history = [r for r in runs.read_metrics(run_dir) if r["step"] <= step] if resume else []
+    alarm = CollapseAlarm(config.monitor, config.model.dim, history)  # peaks survive a resume
+    window = Window(stream)  # tokens/s and time waiting for batches, between log lines
     stop = StopRequest()
     bar = tqdm(total=end, initial=step, desc="train", disable=not (progress and world.is_main),
                dynamic_ncols=True)
@@ -118,9 +121,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
                     record = {"step": step, "loss": loss,
                               "lr": training_step.schedule.lr(step - 1),
                               "momentum": training_step.schedule.momentum(step - 1),
-                              **window.close()}
+                              **window.lap()}
                     if step % config.train.eval_interval == 0 or is_last:
-                        record["val_loss"] = training_step.validation_loss(val_batches)
+                        record.update(training_step.validation_loss(val_batches))
                         if record["val_loss"] < best_val:
                             best_val = record["val_loss"]
                             save("best.pt")
@@ -170,8 +173,8 @@ def open_bins(config: data.DataConfig, world: Distributed) -> data.TokenBins:
     return data.TokenBins(path)
 
 
-def resolve_config(config: RunConfig, bins: data.TokenBins, device: torch.device,
-                   world: Distributed) -> RunConfig:
+def resolve_config(config: runs.RunConfig, bins: data.TokenBins, device: torch.device,
+                   world: Distributed) -> runs.RunConfig:
     """The config as it will run: the bins' vocabulary and the attention backend resolved,
     and the batch checked to split over the ranks and micro-batches."""
     config = replace(config, model=resolve_model(config, device,
@@ -193,20 +196,21 @@ class Window:
 
     def __init__(self, stream: BatchStream):
         self.stream, self.tokens = stream, 0
-        self.started = self.start = time.perf_counter()
+        self.run_start = self.lap_start = time.perf_counter()
         self.waited = stream.waiting_s
 
-    def close(self) -> dict:
+    def lap(self) -> dict:
+        """The window's figures for the log record; the next window starts now."""
         now = time.perf_counter()
-        seconds = max(now - self.start, 1e-9)
+        seconds = max(now - self.lap_start, 1e-9)
         record = {"tokens_per_s": round(self.tokens / seconds, 1),
                   "data_wait": round((self.stream.waiting_s - self.waited) / seconds, 4),
-                  "elapsed_s": round(now - self.started, 2)}
-        self.tokens, self.start, self.waited = 0, now, self.stream.waiting_s
+                  "elapsed_s": round(now - self.run_start, 2)}
+        self.tokens, self.lap_start, self.waited = 0, now, self.stream.waiting_s
         return record
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+        return time.perf_counter() - self.run_start
 
 
 def check_finite(first_bad_step: torch.Tensor, run_dir: Path) -> None:
@@ -214,7 +218,7 @@ def check_finite(first_bad_step: torch.Tensor, run_dir: Path) -> None:
     if bad >= 0:
         last = run_dir / "last.pt"
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
-        raise RunError(f"the loss is not finite at step {bad + 1}; stopping ({kept})")
+        raise runs.RunError(f"the loss is not finite at step {bad + 1}; stopping ({kept})")
 
 
 class StopRequest:
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            config = runs.load_config(run_dir / "config.toml", overrides)
+            config = runs.resume_config(run_dir, overrides)
         else:
             config = runs.load_config(args.config, overrides)
             run_dir = Path(args.out) if args.out else runs.default_run_dir(args.config)
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to "
                                   "continue it, or another --out")
         summary = train(config, run_dir, resume=bool(args.resume), stop_at=args.stop_at)
-    except (ConfigError, data.DataError, RunError) as e:
+    except (ConfigError, data.DataError, runs.RunError) as e:
         print(f"tjepa.train: error: {e}", file=sys.stderr)
         return 1
     finally:

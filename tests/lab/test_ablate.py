@@ -7,7 +7,6 @@ import json
 from tests.helpers import TINY
 from tjepa.config import CONFIG_DIR
 from tjepa.lab import ablate
-from tjepa.lab.report import write_readme_table
 
 
 def test_ablation_configs_differ_only_in_the_mechanism():
@@ -30,6 +29,8 @@ def test_ablate_trains_and_probes_every_mechanism(tinytales_bins, tmp_path):
     assert (tmp_path / "ablation.png").exists()
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- ablation:start -->\nold\n<!-- ablation:end -->\nend\n")
-    write_readme_table(readme, ablate.README_MARKER, table, "python -m tjepa.lab.ablate --steps 3")
+    # --saved tables the finished ablation again, training nothing
+    assert ablate.main(["--out", str(tmp_path), "--saved", "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert table in text and "old" not in text and text.endswith("end\n")
+    assert table.strip() in text and "old" not in text and text.endswith("end\n")
+    assert "| **last.pt (3)** |" not in text and "| last.pt (3) |" in text

@@ -1,12 +1,13 @@
 """Anti-collapse at equal compute: EMA vs SIGReg vs VICReg, trained and probed alike.
 
-    python -m tjepa.lab.ablate [--data DIR] [--steps N] [--seeds K] [--json] [--readme README.md]
+    python -m tjepa.lab.ablate [--data DIR] [--steps N] [--seeds K] [--json] [--readme FILE]
+    python -m tjepa.lab.ablate --out DIR --saved --readme FILE     # table a finished ablation
 
 Trains ``configs/ablation/{ema,sigreg,vicreg}.toml`` (identical but for ``objective.anti_collapse``)
 for the same number of steps, evaluates each with the probe suite, and writes ``table.md``,
 ``table.json`` and ``ablation.png`` to ``--out``. Wall time per step is reported, so equal
-compute is visible. ``--readme`` rewrites the table between the README's ablation markers, so
-the README shows what the command printed and nothing typed by hand.
+compute is visible. ``--readme FILE`` rewrites the table between that file's markers
+(``--marker``), so a page shows what the command printed and nothing typed by hand.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ README_MARKER = "ablation"  # the table lies between <!-- ablation:start/end -->
 def ablate(data_dir: str | None = None, steps: int | None = None, seeds: int = 1,
            out: str | Path = "out/ablation", max_documents: int = 1000,
            overrides: list[str] = (), random_inits: int = probe.RANDOM_INITS,
-           progress: bool = True) -> dict:
+           progress: bool = True, checkpoint: str = "last") -> dict:
     """Train and probe every mechanism for ``seeds`` seeds; returns rows, one per mechanism.
     ``overrides`` (``section.key=value``) apply to all three configs alike."""
     out = Path(out)
@@ -48,14 +49,16 @@ def ablate(data_dir: str | None = None, steps: int | None = None, seeds: int = 1
             run_dir = out / f"{mechanism}-seed{seed}"
             summary = train(config, run_dir, progress=progress)
             report = evaluate_run(run_dir, max_documents=max_documents,
-                              random_inits=random_inits, progress=progress)
+                                  random_inits=random_inits, progress=progress,
+                                  checkpoint=checkpoint)
             metrics = read_metrics(run_dir)
             runs[mechanism].append({
                 "seed": seed, "summary": summary, "report": report, "metrics": metrics,
                 "seconds_per_step": summary["seconds"] / max(summary["step"], 1),
             })
-    rows = [_row(mechanism, found) for mechanism, found in runs.items()]
-    result = {"rows": rows, "seeds": seeds, "steps": rows[0]["steps"]}
+    rows = [{**_row(mechanism, found), "checkpoint": checkpoint}
+            for mechanism, found in runs.items()]
+    result = {"rows": rows, "seeds": seeds, "steps": rows[0]["steps"], "checkpoint": checkpoint}
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(ablation_table(result) + "\n")
@@ -72,8 +75,10 @@ def _row(mechanism: str, found: list[dict]) -> dict:
     for i, name in enumerate(names):
         trained = [f["report"]["probes"][i]["trained"] for f in found]
         random_init = [f["report"]["probes"][i]["random_init"] for f in found]
+        best = [f["report"]["probes"][i]["best_baseline"] for f in found]
         probes.append({**found[0]["report"]["probes"][i], "name": name,
                        "trained": float(np.mean(trained)), "trained_std": float(np.std(trained)),
+                       "best_baseline": float(np.mean(best)),
                        "random_init": float(np.mean(random_init)),
                        "random_init_std": float(np.std(random_init)) if len(found) > 1
                        else found[0]["report"]["probes"][i].get("random_init_std")})
@@ -81,6 +86,7 @@ def _row(mechanism: str, found: list[dict]) -> dict:
     return {
         "mechanism": mechanism,
         "steps": found[0]["summary"]["step"],
+        "probed_step": found[0]["report"]["step"],
         "probes": probes,
         "rankme": float(np.mean([m["rankme"] for m in final])),
         "final_loss": float(np.mean([m["loss"] for m in final])),
@@ -96,17 +102,18 @@ def ablation_table(result: dict) -> str:
     rows = result["rows"]
     probe_names = [p["name"] for p in rows[0]["probes"]]
     spread = result["seeds"] > 1
-    head = ["mechanism", "final loss", "token RankMe", "alarm", "s/step", "semantic gain",
-            *probe_names]
+    head = ["mechanism", "probed", "final loss", "token RankMe", "alarm", "s/step",
+            "semantic gain", *probe_names]
     fmt = lambda v, s: f"{v:.3f}" + (f" ± {s:.3f}" if spread else "")
     table = []
     for row in rows:
-        cells = [row["mechanism"], f"{row['final_loss']:.4f}", f"{row['rankme']:.1f}",
+        cells = [row["mechanism"], f"{row['checkpoint']}.pt ({row['probed_step']})",
+                 f"{row['final_loss']:.4f}", f"{row['rankme']:.1f}",
                  "yes" if row["collapse_alarm"] else "no", f"{row['seconds_per_step']:.3f}",
                  fmt(row["semantic_gain"], row["semantic_gain_std"])]
         table.append(cells + [fmt(p["trained"], p["trained_std"]) for p in row["probes"]])
-    table.append(["random init", "—", "—", "—", "—", "—",
-                  *(f"{p['random_init']:.3f}" for p in rows[0]["probes"])])
+    table.append(["best baseline (random init or a shortcut)", "—", "—", "—", "—", "—", "—",
+                  *(f"{p['best_baseline']:.3f}" for p in rows[0]["probes"])])
     return markdown_table(head, table)
 
 
@@ -123,13 +130,21 @@ def main(argv: list[str] | None = None) -> int:
                              "every seed brings its own)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a value in all three configs")
+    parser.add_argument("--checkpoint", default="last", choices=("last", "best"),
+                        help="which checkpoint of each run the probes read")
+    parser.add_argument("--saved", action="store_true",
+                        help="train nothing: table the ablation already in --out (table.json)")
     parser.add_argument("--readme", help="rewrite the table between this file's markers")
     parser.add_argument("--marker", default=README_MARKER,
                         help="the markers' name: <!-- NAME:start --> … <!-- NAME:end -->")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = ablate(args.data, args.steps, args.seeds, args.out, args.max_documents, args.set,
-                    args.random_inits)
+    saved = Path(args.out) / "table.json"
+    if args.saved and not saved.is_file():
+        parser.error(f"--saved: no {saved}; run the ablation first")
+    result = json.loads(saved.read_text()) if args.saved else ablate(
+        args.data, args.steps, args.seeds, args.out, args.max_documents, args.set,
+        args.random_inits, checkpoint=args.checkpoint)
     table = ablation_table(result)
     print(table)
     if args.readme:

@@ -1,0 +1,77 @@
+"""The masked-LM baseline: the same encoder, trained to name the hidden tokens instead of
+predicting their embeddings (``objective.name = "mlm"``).
+
+A skeptic's first question of any JEPA result is what the obvious objective would have learned
+with the same encoder, data, masks, steps and batch. Here that objective is BERT's: the encoder
+reads the context tokens and a ``[MASK]`` token at every target position (all attending to
+all), and a linear head scores the vocabulary there; the loss is the cross-entropy of the
+hidden tokens. It takes the JEPA's batches (``MaskedBatch``, the run's UL2 masks) and returns
+what ``JEPA.forward`` returns, so the same training step, loop, monitor and probes run it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tjepa.attention import attention_mask
+from tjepa.masking import MaskedBatch
+from tjepa.model import Encoder, ModelConfig, init_weights
+from tjepa.objective import ObjectiveConfig
+
+
+class MaskedLM(nn.Module):
+    """An encoder with a ``[MASK]`` id (the last row of its embedding table) and a token head.
+
+    ``context_encoder`` and ``target_encoder`` name the one encoder, as the probes and the
+    monitor read them; there is no target encoder to update.
+    """
+
+    def __init__(self, config: ModelConfig, objective: ObjectiveConfig | None = None):
+        super().__init__()
+        self.config = config
+        self.objective = objective or ObjectiveConfig(name="mlm")
+        self.mask_id = config.vocab_size  # one past the bins' vocabulary
+        self.context_encoder = Encoder(replace(config, vocab_size=config.vocab_size + 1))
+        self.head = nn.Linear(config.dim, config.vocab_size)
+        init_weights(self)
+        self.target_encoder = self.context_encoder
+
+    uses_ema = False
+
+    def forward(self, batch: MaskedBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """Summed cross-entropy of the hidden tokens, their number, and 0 (no regularizer)."""
+        logits, truth = self.predict_tokens(batch)
+        valid = batch.target_valid
+        per_token = F.cross_entropy(logits.flatten(0, 1).float(), truth.flatten(),
+                                    reduction="none").view_as(truth)
+        return (per_token * valid).sum(), valid.sum(), logits.new_zeros(())
+
+    def predict_tokens(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
+        """Logits (V, P, vocab) at the target positions, and the true ids there (V, P)."""
+        if not isinstance(batch, MaskedBatch):
+            raise TypeError("the masked-LM baseline takes padded batches (train.pack_length = 0)")
+        document = batch.document[:, None]
+        context_tokens = batch.tokens[document, batch.context_positions]
+        truth = batch.tokens[document, batch.target_positions]
+        tokens = torch.cat([context_tokens, torch.full_like(truth, self.mask_id)], dim=1)
+        positions = torch.cat([batch.context_positions, batch.target_positions], dim=1)
+        valid = torch.cat([batch.context_valid, batch.target_valid], dim=1)
+        groups = torch.where(valid, 0, -1)  # every real token sees every other: BERT
+        h = self.context_encoder(tokens, positions, attention_mask(groups, self.config.attention))
+        return self.head(h[:, context_tokens.shape[1]:]), truth
+
+    @torch.no_grad()
+    def constant_loss_sum(self, batch: MaskedBatch) -> Tensor:
+        """The summed loss of the best constant guess: the batch's own target frequencies."""
+        truth = batch.tokens[batch.document[:, None], batch.target_positions]
+        counts = torch.zeros(self.config.vocab_size, device=truth.device)
+        counts.scatter_add_(0, truth.flatten(), batch.target_valid.flatten().float())
+        p = counts / counts.sum().clamp(min=1)
+        return -(counts * p.clamp(min=1e-12).log()).sum()
+
+    def update_target(self, momentum: float | Tensor) -> None:
+        """No target encoder: nothing to update."""
