@@ -164,7 +164,7 @@ def chunk_pairs(sequences: list[np.ndarray], seed: int = 0
     step = np.where(rng.random(n) < 0.5, 1, -1)
     neighbour_rank = rank + step
     neighbour_rank = np.where((neighbour_rank < 0) | (neighbour_rank >= n), rank - step,
-                              neighbour_rank)
+                              neighbour_rank).clip(0, n - 1)
     partner = np.where(same, np.arange(n), order[neighbour_rank])
     return first, [second[p] for p in partner], same.astype(np.int64)
 
@@ -280,7 +280,8 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
 
     ends = sentence_ends(bins.vocab)
     long_enough = {s: [x for x in stories[s] if len(x) >= ORDER_MIN_TOKENS] for s in splits}
-    for how in ("halves", "words"):
+    # a corpus of very short documents has nothing to reorder
+    for how in ("halves", "words") if min(map(len, long_enough.values())) >= 2 else ():
         altered = {s: reordered(long_enough[s], how, ends, seed + i)
                    for i, s in enumerate(splits)}
         results.append(score(features({s: altered[s][0] for s in splits}),
