@@ -7,7 +7,7 @@
 #   python -m tjepa.data --source ../shared/data/tinystories_valid_sample.txt --out data/sample
 # Everything it prints is also in $OUT/log.txt; the bench lines are gathered in $OUT/bench.jsonl
 # and set in a table in $OUT/table.md after each command (for the README:
-#   python -m tjepa.lab.bench table bench.jsonl --readme README.md --marker bench-gpu).
+#   python -m tjepa.lab.bench table bench.jsonl --readme docs/performance.md --marker bench-gpu).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1

@@ -1,7 +1,7 @@
 """Evaluate a run: the probe suite on its frozen encoder, against random init and shortcuts.
 
     python -m tjepa.eval out/default-20260101-120000 [--data DIR] [--json]
-    python -m tjepa.eval RUN RUN ... [--saved] [--readme README.md]
+    python -m tjepa.eval RUN RUN ... [--saved] [--readme docs/results.md --marker NAME]
 
 Writes ``eval.json`` and ``eval.png`` into each run folder; with ``--json`` the last line
 printed is ``{"probes": [...], "rankme": ..., "semantic_gain": ...}`` (of the last run); every

@@ -27,7 +27,7 @@ from tjepa.runs import load_config, read_metrics
 from tjepa.train import train
 
 MECHANISMS = ("ema", "sigreg", "vicreg")
-README_MARKER = "ablation"  # the table lies between <!-- ablation:start/end --> in README.md
+README_MARKER = "ablation"  # the table lies between <!-- ablation:start/end --> in docs/results.md
 
 
 def ablate(data_dir: str | None = None, steps: int | None = None, seeds: int = 1,

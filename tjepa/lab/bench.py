@@ -8,7 +8,7 @@
 Each prints a human line per measurement and (with ``--json``) one JSON object after it: a
 sweep over batch sizes prints one per batch, the last line being the last batch measured.
 
-    python -m tjepa.lab.bench table bench.jsonl [--readme README.md --marker bench-cpu]
+    python -m tjepa.lab.bench table bench.jsonl [--readme docs/performance.md --marker bench-cpu]
 
 sets the ``step`` JSON lines found in files (logs too: other lines are skipped) in a markdown
 table, one row per measurement; ``--readme`` writes it between the README's markers.
