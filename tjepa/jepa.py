@@ -63,11 +63,7 @@ class JEPA(nn.Module):
         """Predictions and targets at the packed target positions: both (V, P, D) (and the
         context embeddings (V, C, D) when ``return_context``)."""
         backend = self.config.attention
-        with self._target_grad():
-            targets = self.target_embeddings(batch.tokens, batch.lengths)  # (B, T, D)
-            targets = F.layer_norm(targets, targets.shape[-1:])
-            targets = targets[batch.document[:, None], batch.target_positions]  # (V, P, D)
-
+        targets = self.targets(batch)  # (V, P, D)
         context_tokens = batch.tokens[batch.document[:, None], batch.context_positions]
         context_groups = torch.where(batch.context_valid, 0, -1)
         context = self.context_encoder(context_tokens, batch.context_positions,
@@ -80,14 +76,7 @@ class JEPA(nn.Module):
         """``predict`` on packed rows: predictions and targets (Rp, L, D) at every predictor
         slot (meaningful where ``batch.target_valid``), and the context embeddings (Rc, L, D)."""
         backend = self.config.attention
-        with self._target_grad():
-            document_groups = torch.where(batch.document_sequence >= 0, 0, -1)
-            targets = self.target_encoder(
-                batch.document_tokens, batch.document_positions,
-                attention_mask(document_groups, backend, batch.document_sequence))
-            targets = F.layer_norm(targets, targets.shape[-1:]).flatten(0, 1)
-            targets = targets[batch.predictor_target]  # (Rp, L, D)
-
+        targets = self.targets(batch)  # (Rp, L, D)
         context_groups = torch.where(batch.context_valid, 0, -1)
         context = self.context_encoder(
             batch.context_tokens, batch.context_positions,
@@ -98,13 +87,26 @@ class JEPA(nn.Module):
             attention_mask(batch.predictor_group, backend, batch.predictor_sequence))
         return (predictions, targets, context) if return_context else (predictions, targets)
 
+    def targets(self, batch: MaskedBatch | PackedBatch) -> Tensor:
+        """The layer-normed target-encoder embeddings at the target positions: (V, P, D), or
+        (Rp, L, D) at every predictor slot of packed rows."""
+        with self._target_grad():
+            if isinstance(batch, PackedBatch):
+                groups = torch.where(batch.document_sequence >= 0, 0, -1)
+                h = self.target_encoder(batch.document_tokens, batch.document_positions,
+                                        attention_mask(groups, self.config.attention,
+                                                       batch.document_sequence))
+                return F.layer_norm(h, h.shape[-1:]).flatten(0, 1)[batch.predictor_target]
+            h = self.target_embeddings(batch.tokens, batch.lengths)  # (B, T, D)
+            h = F.layer_norm(h, h.shape[-1:])
+            return h[batch.document[:, None], batch.target_positions]
+
     @torch.no_grad()
     def constant_loss_sum(self, batch: MaskedBatch | PackedBatch) -> Tensor:
         """The summed loss of one constant prediction, the targets' mean, at every target: what
         the loss is to beat. Far below the loss of predicting zeros when the targets have
         collapsed to a few directions."""
-        predict = self.predict_packed if isinstance(batch, PackedBatch) else self.predict
-        _, targets = predict(batch)
+        targets = self.targets(batch)  # the target encoder alone: no context, no predictor
         valid = batch.target_valid
         weight = valid.float()[..., None]
         mean = (targets.float() * weight).flatten(0, -2).sum(0) / weight.sum().clamp(min=1)

@@ -22,7 +22,7 @@ import sys
 import time
 import tomllib
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,8 +138,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         raise ConfigError(f"{path}: {e}") from None
 
 
-OBJECTIVE_KEYS = ("loss", "anti_collapse", "sigreg_weight", "sigreg_directions",
-                  "target_stop_gradient", "vicreg_variance_weight", "vicreg_covariance_weight")
+OBJECTIVE_KEYS = tuple(f.name for f in fields(ObjectiveConfig))
 
 
 def resume_config(run_dir: Path, overrides: list[str] = ()) -> RunConfig:
