@@ -28,7 +28,7 @@
 # whole rest of the story: how many positions are left gives the ending away). The same
 # question put to the encoder's pooled prefix (`factor:ending`, kind `nonlinear`) is an XNOR
 # of two sentences that neither a random encoder nor a bag of words makes linearly readable;
-# a long enough run's encoder learns it (README), a short run's not.
+# a long enough run's encoder learns it (docs/results.md), a short run's not.
 
 # %% tags=["parameters"]
 import os
