@@ -84,3 +84,24 @@ def test_the_best_baseline_is_the_best_of_random_init_and_the_shortcuts():
     assert result.margin == pytest.approx(0.1)
     (record,) = probe.as_dicts([result])
     assert record["best_baseline"] == 0.7 and probe.ProbeResult.from_dict(record) == result
+
+
+class _Lookup(torch.nn.Module):
+    """An 'encoder' whose output at a position is its token's row of a table, or noise."""
+
+    def __init__(self, noise: bool):
+        super().__init__()
+        self.noise = noise
+        self.table = torch.randn(20, 16, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, tokens, positions, mask):
+        if self.noise:
+            return torch.randn(*tokens.shape, 16, generator=torch.Generator().manual_seed(1))
+        return self.table[tokens]
+
+
+def test_token_share_is_one_for_a_code_of_the_word_and_near_zero_for_noise():
+    rng = np.random.default_rng(0)
+    stories = [rng.integers(1, 20, size=rng.integers(10, 40)) for _ in range(50)]
+    assert probe.token_share(_Lookup(noise=False), stories) > 0.999
+    assert probe.token_share(_Lookup(noise=True), stories) < 0.05

@@ -17,12 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from tjepa import plot, probe
 from tjepa.config import CONFIG_DIR
 from tjepa.eval import evaluate_run
 from tjepa.lab.report import command_line, markdown_table, write_readme_table
+from tjepa.lab.sweep import variant_row
 from tjepa.runs import load_config, read_metrics
 from tjepa.train import train
 
@@ -69,32 +68,11 @@ def ablate(data_dir: str | None = None, steps: int | None = None, seeds: int = 1
 
 
 def _row(mechanism: str, found: list[dict]) -> dict:
-    """One mechanism, averaged over seeds (with the spread across seeds where there are two)."""
-    names = [p["name"] for p in found[0]["report"]["probes"]]
-    probes = []
-    for i, name in enumerate(names):
-        trained = [f["report"]["probes"][i]["trained"] for f in found]
-        random_init = [f["report"]["probes"][i]["random_init"] for f in found]
-        best = [f["report"]["probes"][i]["best_baseline"] for f in found]
-        probes.append({**found[0]["report"]["probes"][i], "name": name,
-                       "trained": float(np.mean(trained)), "trained_std": float(np.std(trained)),
-                       "best_baseline": float(np.mean(best)),
-                       "random_init": float(np.mean(random_init)),
-                       "random_init_std": float(np.std(random_init)) if len(found) > 1
-                       else found[0]["report"]["probes"][i].get("random_init_std")})
-    final = [f["metrics"][-1] for f in found]
-    return {
-        "mechanism": mechanism,
-        "steps": found[0]["summary"]["step"],
-        "probed_step": found[0]["report"]["step"],
-        "probes": probes,
-        "rankme": float(np.mean([m["rankme"] for m in final])),
-        "final_loss": float(np.mean([m["loss"] for m in final])),
-        "semantic_gain": float(np.mean([f["report"]["semantic_gain"] for f in found])),
-        "semantic_gain_std": float(np.std([f["report"]["semantic_gain"] for f in found])),
-        "collapse_alarm": any(f["summary"]["collapse_alarm_step"] is not None for f in found),
-        "seconds_per_step": float(np.mean([f["seconds_per_step"] for f in found])),
-    }
+    """One mechanism, averaged over seeds (``sweep.variant_row``), with its name and the step
+    its runs stopped at."""
+    row = variant_row(mechanism, [], found)
+    return {**row, "mechanism": mechanism, "probed_step": row["steps"],
+            "steps": found[0]["summary"]["step"]}
 
 
 def ablation_table(result: dict) -> str:

@@ -1,0 +1,53 @@
+"""Recipe sweeps: variants of one config, trained once, probed alike, tabled from their runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import TINY
+from tjepa.config import ConfigError
+from tjepa.lab import sweep
+
+
+def test_a_variant_is_a_name_and_its_overrides():
+    variant = sweep.Variant.parse("fast: optim.lr=1e-3 ;optim.warmup_steps=5", "c.toml")
+    assert variant == sweep.Variant("fast", "c.toml", ["optim.lr=1e-3", "optim.warmup_steps=5"])
+    assert sweep.Variant.parse("base", "c.toml").overrides == []
+
+
+@pytest.mark.parametrize("text", [": optim.lr=1e-3", "a/b: optim.lr=1e-3"])
+def test_a_variant_needs_a_name_that_can_name_a_folder(text):
+    with pytest.raises(ConfigError, match="give it a name"):
+        sweep.Variant.parse(text, "c.toml")
+
+
+def test_sweep_trains_each_variant_once_and_tables_them_from_their_runs(tinytales_bins,
+                                                                        tmp_path):
+    variants = [sweep.Variant.parse(v, "configs/default.toml")
+                for v in ("base", "fast: optim.lr=1e-3")]
+    settings = dict(data_dir=str(tinytales_bins), steps=3, max_documents=100,
+                    overrides=[*TINY, "monitor.documents=32"], progress=False)
+    rows = sweep.sweep(variants, out=tmp_path, **settings)
+    assert [r["variant"] for r in rows] == ["base", "fast"]
+    assert rows[1]["overrides"] == ["optim.lr=1e-3"]
+    for row in rows:
+        assert row["steps"] == 3 and row["seeds"] == [0] and row["seconds_per_step"] > 0
+        names = [p["name"] for p in row["probes"]]
+        assert "same_story" in names and "token_identity" not in names  # document probes
+    config = (tmp_path / "fast-seed0" / "config.toml").read_text()
+    assert "lr = 0.001" in config
+    # run again: the finished runs are read, not trained again; the table keeps both
+    stamp = (tmp_path / "base-seed0" / "last.pt").stat().st_mtime_ns
+    again = sweep.sweep(variants[:1], out=tmp_path, **settings)
+    assert (tmp_path / "base-seed0" / "last.pt").stat().st_mtime_ns == stamp
+    assert [r["variant"] for r in again] == ["base", "fast"]
+    assert json.loads((tmp_path / "sweep.json").read_text())["variants"][0]["seeds"] == [0]
+    table = sweep.sweep_table(again)
+    assert "| base |" in table and "| fast |" in table and "*bag of words*" in table
+    readme = tmp_path / "page.md"
+    readme.write_text("a\n<!-- sweep:start -->\nold\n<!-- sweep:end -->\nb\n")
+    assert sweep.main(["--out", str(tmp_path), "--saved", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert table in text and "old" not in text and "tjepa.lab.sweep --out" in text

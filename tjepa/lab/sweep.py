@@ -1,0 +1,254 @@
+"""Recipe experiments: variants of one config, trained and probed alike, side by side.
+
+    python -m tjepa.lab.sweep --config configs/tinystories_cpu.toml --data DIR \\
+        --variant "base" --variant "lr 1e-3: optim.lr=1e-3; optim.warmup_steps=100" \\
+        [--steps N] [--seeds K] [--out DIR] [--readme FILE --marker NAME]
+    python -m tjepa.lab.sweep --out DIR --saved [--readme FILE --marker NAME]
+
+A variant is a name, then ``:`` and ``--set``-style overrides separated by ``;`` (none: the
+config as it is). Every variant trains for the same steps on the same data and seeds, then
+the probe suite reads its ``last.pt`` (document probes only unless ``--token-probes``: the
+semantic gain does not need the others). Runs already finished in ``--out`` (their
+``eval.json`` at the final step) are read, not trained again, so a sweep can be extended a
+variant at a time and a stopped one picks up where it was; ``sweep.json`` keeps every
+variant met in ``--out`` and the table lists them all. ``--readme`` writes the table between
+that file's markers, so a page shows what the command printed and nothing typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tjepa.config import ConfigError
+from tjepa.eval import evaluate_run
+from tjepa.lab.report import command_line, markdown_table, write_readme_table
+from tjepa.runs import load_config, read_metrics
+
+
+@dataclass
+class Variant:
+    """A named set of overrides of one config file."""
+
+    name: str
+    config: str
+    overrides: list[str]
+
+    @classmethod
+    def parse(cls, text: str, config: str) -> Variant:
+        """``"NAME"`` or ``"NAME: section.key=value; section.key=value"``."""
+        name, _, rest = text.partition(":")
+        name = name.strip()
+        if not name or "/" in name:
+            raise ConfigError(f"variant {text!r}: give it a name (no '/') before the ':'")
+        return cls(name, config, [s.strip() for s in rest.split(";") if s.strip()])
+
+
+def run_variant(variant: Variant, seed: int, out: Path, data_dir: str | None = None,
+                steps: int | None = None, max_documents: int = 1000, random_inits: int = 1,
+                token_probes: bool = False, overrides: list[str] = (),
+                progress: bool = True) -> dict:
+    """Train one variant at one seed (unless its run in ``out`` is finished and probed) and
+    return its summary: the eval report, the metrics and the seconds per step.
+    ``overrides`` apply before the variant's own."""
+    from tjepa.train import train  # the lab trains; importing it lazily keeps --saved light
+
+    settings = [*overrides, *variant.overrides, f"train.seed={seed}"]
+    if data_dir:
+        settings.append(f"data.dir={json.dumps(str(data_dir))}")
+    if steps:
+        settings.append(f"train.max_steps={steps}")
+    config = load_config(variant.config, settings)
+    run_dir = out / f"{variant.name}-seed{seed}"
+    saved = run_dir / "eval.json"
+    report = json.loads(saved.read_text()) if saved.is_file() else None
+    if report is None or report["step"] != config.train.max_steps:
+        trained = (run_dir / "metrics.jsonl").is_file() and any(
+            m["step"] == config.train.max_steps for m in read_metrics(run_dir))
+        if not trained:  # a run stopped part way resumes from its last.pt
+            summary = train(config, run_dir, resume=(run_dir / "last.pt").is_file(),
+                            progress=progress)
+            if summary["stopped_early"]:  # SIGTERM or Ctrl-C: the sweep stops with its run
+                raise KeyboardInterrupt(f"{run_dir} stopped at step {summary['step']}; the "
+                                        "same command resumes it")
+        report = evaluate_run(run_dir, max_documents=max_documents, random_inits=random_inits,
+                              progress=progress, token_probes=token_probes)
+    return read_run(run_dir, seed)
+
+
+def read_run(run_dir: Path, seed: int) -> dict:
+    """A finished, probed run of a sweep: its eval report, metrics and seconds per step."""
+    metrics = read_metrics(run_dir)
+    timed = [m for m in metrics if "elapsed_s" in m]
+    return {"seed": seed, "run_dir": str(run_dir),
+            "report": json.loads((run_dir / "eval.json").read_text()), "metrics": metrics,
+            "seconds_per_step": timed[-1]["elapsed_s"] / max(timed[-1]["step"], 1)}
+
+
+def variant_row(name: str, overrides: list[str], runs: list[dict]) -> dict:
+    """One variant over its seeds: every probe's trained accuracy (mean and spread), its best
+    baseline and margin, the semantic gain, the losses, RankMe, the alarm and the step time."""
+    reports = [r["report"] for r in runs]
+    probes = []
+    for i, first in enumerate(reports[0]["probes"]):
+        trained = [rep["probes"][i]["trained"] for rep in reports]
+        best = [rep["probes"][i]["best_baseline"] for rep in reports]
+        random_init = [rep["probes"][i]["random_init"] for rep in reports]
+        shortcuts = {k: float(np.mean([rep["probes"][i]["baselines"][k] for rep in reports]))
+                     for k in first["baselines"]}
+        probes.append({"name": first["name"], "kind": first["kind"],
+                       "trained": float(np.mean(trained)), "trained_std": float(np.std(trained)),
+                       "best_baseline": float(np.mean(best)),
+                       "random_init": float(np.mean(random_init)), "baselines": shortcuts,
+                       "margin": float(np.mean(np.subtract(trained, best))),
+                       "margins": [float(t - b) for t, b in zip(trained, best, strict=True)]})
+    gains = [rep["semantic_gain"] for rep in reports]
+    validation = [[m for m in r["metrics"] if "val_loss" in m] for r in runs]
+    final = [r["metrics"][-1] for r in runs]
+    return {
+        "variant": name, "overrides": overrides, "seeds": [r["seed"] for r in runs],
+        "steps": reports[0]["step"], "probes": probes,
+        "semantic_gain": float(np.mean(gains)), "semantic_gain_std": float(np.std(gains)),
+        "final_loss": float(np.mean([m["loss"] for m in final])),
+        "val_loss_first": float(np.mean([v[0]["val_loss"] for v in validation])),
+        "val_loss_last": float(np.mean([v[-1]["val_loss"] for v in validation])),
+        "val_constant_loss": float(np.mean([v[-1].get("val_constant_loss", np.nan)
+                                            for v in validation])),
+        "rankme": float(np.mean([m.get("rankme", np.nan) for m in final])),
+        "target_token_share": float(np.mean([rep.get("target_token_share", np.nan)
+                                             for rep in reports])),
+        "collapse_alarm": any(m.get("collapse_alarm") for r in runs for m in r["metrics"]),
+        "seconds_per_step": float(np.mean([r["seconds_per_step"] for r in runs])),
+    }
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """Variants as rows: what was changed, the semantic probes (trained, with the margin over
+    their best baseline), the semantic gain, validation loss, RankMe, alarm and step time."""
+    names = [p["name"] for p in rows[0]["probes"] if p["kind"] == "semantic"]
+    spread = lambda v, s, n: f"{v:+.3f}" + (f" ± {s:.3f}" if n > 1 else "")
+    table = []
+    for row in rows:
+        found = {p["name"]: p for p in row["probes"]}
+        cells = [f"{found[n]['trained']:.3f} ({found[n]['margin']:+.3f})" if n in found else "—"
+                 for n in names]
+        table.append([
+            row["variant"], "; ".join(f"`{o}`" for o in row["overrides"]) or "—",
+            f"{row['steps']} × {len(row['seeds'])}", *cells,
+            spread(row["semantic_gain"], row["semantic_gain_std"], len(row["seeds"])),
+            f"{row['val_loss_first']:.3f} → {row['val_loss_last']:.3f} "
+            f"({row['val_constant_loss']:.3f})",
+            f"{row['rankme']:.0f}", _share(row.get("target_token_share")),
+            "yes" if row["collapse_alarm"] else "no",
+            f"{row['seconds_per_step']:.2f}"])
+    # the baselines, as the first variant's runs measured them (bag_of_embeddings reads
+    # each run's own embedding table; the others do not depend on the run)
+    first = {p["name"]: p for p in rows[0]["probes"]}
+    baselines = {"random init": {n: first[n]["random_init"] for n in names},
+                 **{k.replace("_", " "): {n: first[n]["baselines"].get(k) for n in names}
+                    for k in first[names[0]]["baselines"]}}
+    for label, found in baselines.items():
+        table.append([f"*{label}*", f"baseline, with {rows[0]['variant']}", "—",
+                      *("—" if found[n] is None else f"{found[n]:.3f}" for n in names),
+                      "—", "—", "—", "—", "—", "—"])
+    head = ["variant", "overrides", "steps × seeds", *(f"{n} (margin)" for n in names),
+            "semantic gain", "val loss first → last (constant)", "token RankMe",
+            "target token share", "alarm", "s/step"]
+    return markdown_table(head, table)
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None or np.isnan(value) else f"{value:.2f}"
+
+
+def sweep(variants: list[Variant], seeds: int = 1, out: str | Path = "out/sweep",
+          data_dir: str | None = None, steps: int | None = None,
+          max_documents: int = 1000, random_inits: int = 1, token_probes: bool = False,
+          overrides: list[str] = (), progress: bool = True) -> list[dict]:
+    """Train and probe every variant at seeds 0..``seeds``-1; returns the rows of every
+    variant the sweep in ``out`` holds (earlier calls' included, in the order first met).
+    ``overrides`` apply to every variant, under the variant's own."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    known = {v["name"]: v for v in saved_variants(out)}
+    for variant in variants:
+        for seed in range(seeds):
+            run_variant(variant, seed, out, data_dir, steps, max_documents, random_inits,
+                        token_probes, overrides, progress)
+        seen = known.get(variant.name, {}).get("seeds", [])
+        known[variant.name] = {"name": variant.name, "config": variant.config,
+                               "overrides": variant.overrides,
+                               "seeds": sorted({*seen, *range(seeds)})}
+        (out / "sweep.json").write_text(json.dumps({"variants": list(known.values())},
+                                                   indent=2))
+    return saved_rows(out)
+
+
+def saved_variants(out: Path) -> list[dict]:
+    """The variants recorded in ``out/sweep.json``: name, config, overrides, seeds."""
+    saved = out / "sweep.json"
+    return json.loads(saved.read_text())["variants"] if saved.is_file() else []
+
+
+def saved_rows(out: Path) -> list[dict]:
+    """Every recorded variant's row, read from its runs' eval.json and metrics."""
+    return [variant_row(v["name"], v["overrides"],
+                        [read_run(out / f"{v['name']}-seed{s}", s) for s in v["seeds"]])
+            for v in saved_variants(out)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tjepa.lab.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/default.toml")
+    parser.add_argument("--variant", action="append", default=[],
+                        metavar="'NAME: section.key=value; ...'")
+    parser.add_argument("--data", help="bins folder (default: the config's data.dir)")
+    parser.add_argument("--steps", type=int, help="steps per run (default: the config's)")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--out", default="out/sweep")
+    parser.add_argument("--max-documents", type=int, default=1000)
+    parser.add_argument("--random-inits", type=int, default=1,
+                        help="random-init twins per run (every seed brings its own)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a value in every variant (under the variant's own)")
+    parser.add_argument("--token-probes", action="store_true",
+                        help="also run the token probes (slow on real text)")
+    parser.add_argument("--saved", action="store_true", help="train nothing: table --out")
+    parser.add_argument("--readme", help="rewrite the table between this file's markers")
+    parser.add_argument("--marker", default="sweep",
+                        help="the markers' name: <!-- NAME:start --> … <!-- NAME:end -->")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    saved = Path(args.out) / "sweep.json"
+    try:
+        if args.saved:
+            if not saved.is_file():
+                parser.error(f"--saved: no {saved}; run the sweep first")
+            rows = saved_rows(Path(args.out))
+        else:
+            if not args.variant:
+                parser.error("give at least one --variant (e.g. --variant base)")
+            variants = [Variant.parse(v, args.config) for v in args.variant]
+            rows = sweep(variants, args.seeds, args.out, args.data, args.steps,
+                         args.max_documents, args.random_inits, args.token_probes,
+                         args.set)
+    except ConfigError as e:
+        print(f"tjepa.lab.sweep: error: {e}", file=sys.stderr)
+        return 1
+    table = sweep_table(rows)
+    print(table)
+    if args.readme:
+        write_readme_table(args.readme, args.marker, table, command_line("tjepa.lab.sweep", argv))
+    if args.json:
+        print(json.dumps({"rows": [{k: v for k, v in r.items()} for r in rows]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
