@@ -26,7 +26,7 @@
 # catches a partial collapse that stays above any fixed line.
 #
 # Two runs: the default config (EMA target with VICReg's variance and covariance terms,
-# healthy; notebook 06 evaluates this run) and `configs/collapse_demo.toml` (no EMA, a tiny
+# healthy) and `configs/collapse_demo.toml` (no EMA, a tiny
 # predictor, a high learning rate; 400 steps), which collapses on purpose.
 
 # %% tags=["parameters"]

@@ -17,14 +17,24 @@
 # %% [markdown]
 # # 05 · Training on TinyStories
 #
-# The full run goes through exactly the code path of `python -m tjepa.train`: a config from
-# `configs/tinystories.toml` (the seed's sizes: 8 layers, width 384, 12 heads; compiled,
-# flex_attention, bf16 on a GPU), the loop in `tjepa/train.py`, a run folder with metrics and
-# checkpoints. From a terminal, the same run is
+# The full run goes through exactly the code path of `python -m tjepa.train`: a config, the
+# loop in `tjepa/train.py`, a run folder with metrics and checkpoints. Which config depends on
+# where this notebook runs:
+#
+# - **on a GPU**, `configs/tinystories.toml`: 8 layers of width 384, 20,000 steps, compiled
+#   with flex_attention and bf16; its step time and memory per batch size on a card are in
+#   `docs/performance.md` (tens of minutes and about 15 GiB at batch 64 on an H200);
+# - **on a CPU**, `configs/tinystories_cpu.toml`: the default 4-layer model of width 128 for
+#   1,200 steps at a learning rate that moves a 9k-word vocabulary in a short run, a quarter
+#   of an hour or so on a 2-core laptop and under 2 GiB of memory (measured runs, and what they
+#   learn against a masked LM: `docs/experiments.md`).
+#
+# From a terminal, the same runs are
 #
 # ```bash
-# python -m tjepa.data --source tinystories --out data/tinystories
-# python -m tjepa.train --config configs/tinystories.toml
+# python -m tjepa.data --source tinystories --out data/tinystories   # or --source FOLDER of .txt
+# python -m tjepa.train --config configs/tinystories.toml             # GPU
+# python -m tjepa.train --config configs/tinystories_cpu.toml         # CPU
 # ```
 #
 # In smoke mode (the test run) it trains a tiny model for a few steps on the CPU instead.
@@ -34,7 +44,8 @@ import os
 
 SMOKE = os.environ.get("TJEPA_SMOKE") == "1"
 DATA_DIR = "../data/smoke" if SMOKE else "../data"
-CONFIG = "../configs/tinystories.toml"
+GPU_CONFIG = "../configs/tinystories.toml"
+CPU_CONFIG = "../configs/tinystories_cpu.toml"
 OUT = "../out/notebooks/training"
 
 # %%
@@ -44,24 +55,29 @@ import torch
 
 from tjepa import data, plot, runs, train
 
+on_gpu = torch.cuda.is_available()
 if SMOKE:
     bins_dir = Path(DATA_DIR) / "tinytales"
     if not bins_dir.exists():
         data.prepare("tinytales", bins_dir, max_documents=2_000)
+    config_file = CPU_CONFIG
     overrides = [f'data.dir="{bins_dir}"', "data.batch_size=8", "data.block_size=192",
                  "model.dim=64", "model.depth=2", "model.heads=2", "model.predictor_dim=32",
-                 "model.predictor_depth=1", "model.predictor_heads=2", "masking.views=1",
-                 "train.max_steps=40", "train.compile=false", "train.device=\"cpu\"",
-                 "train.pad_multiple=1", "train.log_interval=5", "train.eval_interval=20",
+                 "model.predictor_depth=1", "model.predictor_heads=2", "train.max_steps=40",
+                 "train.device=\"cpu\"", "train.log_interval=5", "train.eval_interval=20",
                  "optim.warmup_steps=5", "monitor.interval=20", "monitor.documents=64"]
 else:
     bins_dir = Path(DATA_DIR) / "tinystories"
     if not bins_dir.exists():
         data.prepare("tinystories", bins_dir)  # downloads TinyStories once
+    config_file = GPU_CONFIG if on_gpu else CPU_CONFIG
+    if not on_gpu:
+        print("No GPU here: training the CPU-sized config, configs/tinystories_cpu.toml.")
     overrides = [f'data.dir="{bins_dir}"']
-config = runs.load_config(CONFIG, overrides)
-print(f"{config.model.depth} layers, width {config.model.dim}, batch {config.data.batch_size}, "
-      f"{config.train.max_steps} steps on {'cuda' if torch.cuda.is_available() else 'cpu'}")
+config = runs.load_config(config_file, overrides)
+print(f"{Path(config_file).name}: {config.model.depth} layers, width {config.model.dim}, "
+      f"batch {config.data.batch_size}, {config.train.max_steps} steps on "
+      f"{'cuda' if on_gpu else 'cpu'}")
 
 # %%
 summary = train.train(config, Path(OUT), progress=True)

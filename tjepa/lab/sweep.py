@@ -117,8 +117,10 @@ def variant_row(name: str, overrides: list[str], runs: list[dict]) -> dict:
         "final_loss": float(np.mean([m["loss"] for m in final])),
         "val_loss_first": float(np.mean([v[0]["val_loss"] for v in validation])),
         "val_loss_last": float(np.mean([v[-1]["val_loss"] for v in validation])),
-        "val_constant_loss": float(np.mean([v[-1].get("val_constant_loss", np.nan)
-                                            for v in validation])),
+        "val_gap_first": float(np.mean([v[0].get("val_constant_loss", np.nan)
+                                        - v[0]["val_loss"] for v in validation])),
+        "val_gap_last": float(np.mean([v[-1].get("val_constant_loss", np.nan)
+                                       - v[-1]["val_loss"] for v in validation])),
         "rankme": float(np.mean([m.get("rankme", np.nan) for m in final])),
         "target_token_share": float(np.mean([rep.get("target_token_share", np.nan)
                                              for rep in reports])),
@@ -127,24 +129,33 @@ def variant_row(name: str, overrides: list[str], runs: list[dict]) -> dict:
     }
 
 
-def sweep_table(rows: list[dict]) -> str:
+def sweep_table(rows: list[dict], brief: bool = False) -> str:
     """Variants as rows: what was changed, the semantic probes (trained, with the margin over
-    their best baseline), the semantic gain, validation loss, RankMe, alarm and step time."""
+    their best baseline: the mean over seeds and, with several, the smallest), the semantic
+    gain, the validation loss and how far below the constant prediction's it lies, RankMe,
+    the target token share, the alarm and the step time. ``brief``: the probes, the gain and
+    the alarm only. The baselines follow as rows."""
     names = [p["name"] for p in rows[0]["probes"] if p["kind"] == "semantic"]
     spread = lambda v, s, n: f"{v:+.3f}" + (f" ± {s:.3f}" if n > 1 else "")
+
+    def cell(p: dict | None, seeds: int) -> str:
+        if p is None:
+            return "—"
+        low = f", min {min(p['margins']):+.3f}" if seeds > 1 else ""
+        return f"{p['trained']:.3f} ({p['margin']:+.3f}{low})"
+
     table = []
     for row in rows:
-        found = {p["name"]: p for p in row["probes"]}
-        cells = [f"{found[n]['trained']:.3f} ({found[n]['margin']:+.3f})" if n in found else "—"
-                 for n in names]
-        table.append([
-            row["variant"], "; ".join(f"`{o}`" for o in row["overrides"]) or "—",
-            f"{row['steps']} × {len(row['seeds'])}", *cells,
-            spread(row["semantic_gain"], row["semantic_gain_std"], len(row["seeds"])),
-            f"{row['val_loss_first']:.3f} → {row['val_loss_last']:.3f} "
-            f"({row['val_constant_loss']:.3f})",
-            f"{row['rankme']:.0f}", _share(row.get("target_token_share")),
-            "yes" if row["collapse_alarm"] else "no",
+        found, seeds = {p["name"]: p for p in row["probes"]}, len(row["seeds"])
+        cells = [row["variant"], f"{row['steps']} × {seeds}",
+                 *(cell(found.get(n), seeds) for n in names),
+                 spread(row["semantic_gain"], row["semantic_gain_std"], seeds)]
+        alarm = "yes" if row["collapse_alarm"] else "no"
+        table.append([*cells, alarm] if brief else [
+            cells[0], "; ".join(f"`{o}`" for o in row["overrides"]) or "—", *cells[1:],
+            f"{row['val_loss_first']:.3f} → {row['val_loss_last']:.3f}",
+            f"{row['val_gap_first']:.4f} → {row['val_gap_last']:.4f}",
+            f"{row['rankme']:.0f}", _share(row.get("target_token_share")), alarm,
             f"{row['seconds_per_step']:.2f}"])
     # the baselines, as the first variant's runs measured them (bag_of_embeddings reads
     # each run's own embedding table; the others do not depend on the run)
@@ -153,13 +164,17 @@ def sweep_table(rows: list[dict]) -> str:
                  **{k.replace("_", " "): {n: first[n]["baselines"].get(k) for n in names}
                     for k in first[names[0]]["baselines"]}}
     for label, found in baselines.items():
-        table.append([f"*{label}*", f"baseline, with {rows[0]['variant']}", "—",
-                      *("—" if found[n] is None else f"{found[n]:.3f}" for n in names),
-                      "—", "—", "—", "—", "—", "—"])
-    head = ["variant", "overrides", "steps × seeds", *(f"{n} (margin)" for n in names),
-            "semantic gain", "val loss first → last (constant)", "token RankMe",
-            "target token share", "alarm", "s/step"]
-    return markdown_table(head, table)
+        values = ["—" if found[n] is None else f"{found[n]:.3f}" for n in names]
+        table.append([f"*{label}*", "—", *values, "—", "—"] if brief else
+                     [f"*{label}*", f"baseline, with {rows[0]['variant']}", "—", *values,
+                      "—", "—", "—", "—", "—", "—", "—"])
+    head = ["variant", "steps × seeds", *(f"{n} (margin)" for n in names), "semantic gain"]
+    if brief:
+        return markdown_table([*head, "alarm"], table)
+    return markdown_table(
+        [head[0], "overrides", *head[1:], "val loss first → last",
+         "val loss below the constant's, first → last", "token RankMe", "target token share",
+         "alarm", "s/step"], table)
 
 
 def _share(value: float | None) -> str:
@@ -223,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", help="rewrite the table between this file's markers")
     parser.add_argument("--marker", default="sweep",
                         help="the markers' name: <!-- NAME:start --> … <!-- NAME:end -->")
+    parser.add_argument("--brief", action="store_true",
+                        help="the table's probes, gain and alarm only (for a front page)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     saved = Path(args.out) / "sweep.json"
@@ -241,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tjepa.lab.sweep: error: {e}", file=sys.stderr)
         return 1
-    table = sweep_table(rows)
+    table = sweep_table(rows, args.brief)
     print(table)
     if args.readme:
         write_readme_table(args.readme, args.marker, table, command_line("tjepa.lab.sweep", argv))
