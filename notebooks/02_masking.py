@@ -94,6 +94,29 @@ cross_span = is_target[:, :, None] & is_target[:, None, :] & (groups[:, :, None]
 assert not (mask & cross_span).any()  # no span sees another span
 
 # %% [markdown]
+# ## The rule, written out
+# Every token of the predictor's input has a *group*: 0 for context, span + 1 for a mask token
+# of a target span, -1 for padding. The whole rule, one query–key pair at a time, is three
+# cases. Context must not see targets, or the context embeddings would carry the answers; a
+# span must not see another span, or each would copy its neighbours' answers instead of
+# predicting them from the context. `tjepa.attention.may_attend` does the same on tensors.
+
+# %%
+def may_attend_by_hand(query: int, key: int, same_token: bool) -> bool:
+    if query >= 0 and key == 0:  # every real token sees the context
+        return True
+    if query > 0 and query == key:  # a target sees its own span
+        return True
+    return same_token  # padding sees itself alone, so no softmax row is empty
+
+
+g = groups[0].tolist()
+by_hand = torch.tensor([[may_attend_by_hand(q, k, i == j) for j, k in enumerate(g)]
+                        for i, q in enumerate(g)])
+assert torch.equal(by_hand, dense_mask(groups[:1])[0, 0])
+print(f"{len(g)} × {len(g)} pairs: the written-out rule and tjepa's mask agree")
+
+# %% [markdown]
 # ## Statistics over many views
 # Each denoiser's measured target rate and span length match its settings.
 

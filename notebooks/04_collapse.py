@@ -40,6 +40,7 @@ OUT = "../out/notebooks"
 
 # %%
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -64,6 +65,24 @@ for name, x in [("healthy", healthy), ("plane", plane)]:
     print(f"{name:8s} RankMe {monitor.rankme(x):5.1f}  std {monitor.embedding_std(x):.3f}  "
           f"SIGReg {float(monitor.sigreg(x)):7.1f}")
 assert monitor.rankme(plane) < 3 and monitor.embedding_std(plane) > 0.5 / 8
+
+# %% [markdown]
+# RankMe is the exponential of the entropy of the normalized singular values: if the
+# embeddings spread evenly over k directions, it is k. Written out (directions with a singular
+# value of 0 add nothing: 0 · log 0 = 0; `tjepa.monitor.rankme` adds a tiny epsilon instead,
+# hence the relative tolerance):
+
+# %%
+def rankme_by_hand(x: torch.Tensor) -> float:
+    singular = torch.linalg.svdvals(x.double())
+    p = singular / singular.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+for x in (healthy, plane):
+    assert math.isclose(rankme_by_hand(x), monitor.rankme(x), rel_tol=1e-4)
+print(f"by hand: healthy {rankme_by_hand(healthy):.1f}, plane {rankme_by_hand(plane):.2f}")
 
 # %% [markdown]
 # ## A healthy run and a collapsing one

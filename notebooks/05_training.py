@@ -102,6 +102,27 @@ tokens_per_s, data_wait = runs.throughput(records)
 print(f"median {tokens_per_s:,.0f} input tokens/s; waiting for batches {data_wait:.1%} of the time")
 assert tokens_per_s > 0 and 0 <= data_wait < 1
 
+# %% [markdown]
+# ## The EMA update, written out
+# After every optimizer step the target encoder moves a small step towards the context
+# encoder: `target ← m · target + (1 − m) · context`, with the momentum `m` rising towards 1
+# over the run. The target is thus an average of recent context encoders: it changes slowly,
+# so the context encoder cannot lower the loss by dragging its own targets along (collapse),
+# and no gradient ever reaches it (stop-gradient). Here the update is applied once by hand and
+# once by `JEPA.update_target`, on the run's last checkpoint:
+
+# %%
+model, _, _ = runs.load_run(OUT)
+momentum = 0.99
+with torch.no_grad():
+    by_hand = [momentum * target + (1 - momentum) * context
+               for target, context in zip(model.target_encoder.parameters(),
+                                          model.context_encoder.parameters(), strict=True)]
+model.update_target(momentum)
+for ours, theirs in zip(by_hand, model.target_encoder.parameters(), strict=True):
+    assert torch.allclose(ours, theirs, atol=1e-6)
+print(f"{len(by_hand)} parameter tensors: the written-out EMA step and tjepa's agree")
+
 # %%
 losses = [r["loss"] for r in records]
 print(f"loss {losses[0]:.4f} → {losses[-1]:.4f}; best validation {summary['best_val_loss']:.4f}")

@@ -45,6 +45,7 @@ RANDOM_INITS = 1 if SMOKE else 3  # random-init twins whose mean is the baseline
 from pathlib import Path
 
 import numpy as np
+import torch
 from IPython.display import Markdown, display
 
 from tjepa import data, plot, probe, runs
@@ -72,13 +73,28 @@ if "factor:hero" in by_name:  # tinytales: a name is a word, so a bag of words r
 assert by_name["token_identity"].trained > 0.5  # contextual embeddings keep their token
 
 # %% [markdown]
+# ## A story's embedding, written out
+# Every document probe reads one vector per story: the target encoder's output at each real
+# token, averaged over the story's length (padding left out). Written out, against
+# `tjepa.probe.pooled`:
+
+# %%
+from tjepa.jepa import encode_documents
+
+model, config, vocab = runs.load_run(RUN)
+bins = data.TokenBins(config.data.dir)
+val = bins.split("val")
+tokens, lengths = probe.pad([val.document(d)[: config.data.block_size] for d in range(8)])
+h = encode_documents(model.target_encoder, tokens, lengths)  # (B, T, D)
+real = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]  # (B, T)
+by_hand = (h * real[..., None]).sum(1) / lengths[:, None]  # (B, D)
+assert torch.allclose(by_hand, probe.pooled(model.target_encoder, tokens, lengths), atol=1e-5)
+
+# %% [markdown]
 # ## Nearest stories
 # Stories whose embeddings lie closest to a query story.
 
 # %%
-model, config, vocab = runs.load_run(RUN)
-bins = data.TokenBins(config.data.dir)
-val = bins.split("val")
 documents = np.arange(min(len(val), 300))
 features = probe.features_of(lambda t, n: probe.pooled(model.target_encoder, t, n),
                              [val.document(d)[: config.data.block_size] for d in documents])

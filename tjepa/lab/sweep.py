@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ class Variant:
 
 def run_variant(variant: Variant, seed: int, out: Path, data_dir: str | None = None,
                 steps: int | None = None, max_documents: int = 1000, random_inits: int = 1,
-                token_probes: bool = False, overrides: list[str] = (),
+                token_probes: bool = False, overrides: Sequence[str] = (),
                 progress: bool = True) -> dict:
     """Train one variant at one seed (unless its run in ``out`` is finished and probed) and
     return its summary: the eval report, the metrics and the seconds per step.
@@ -76,8 +77,8 @@ def run_variant(variant: Variant, seed: int, out: Path, data_dir: str | None = N
             if summary["stopped_early"]:  # SIGTERM or Ctrl-C: the sweep stops with its run
                 raise KeyboardInterrupt(f"{run_dir} stopped at step {summary['step']}; the "
                                         "same command resumes it")
-        report = evaluate_run(run_dir, max_documents=max_documents, random_inits=random_inits,
-                              progress=progress, token_probes=token_probes)
+        evaluate_run(run_dir, max_documents=max_documents, random_inits=random_inits,
+                     progress=progress, token_probes=token_probes)
     return read_run(run_dir, seed)
 
 
@@ -184,7 +185,7 @@ def _share(value: float | None) -> str:
 def sweep(variants: list[Variant], seeds: int = 1, out: str | Path = "out/sweep",
           data_dir: str | None = None, steps: int | None = None,
           max_documents: int = 1000, random_inits: int = 1, token_probes: bool = False,
-          overrides: list[str] = (), progress: bool = True) -> list[dict]:
+          overrides: Sequence[str] = (), progress: bool = True) -> list[dict]:
     """Train and probe every variant at seeds 0..``seeds``-1; returns the rows of every
     variant the sweep in ``out`` holds (earlier calls' included, in the order first met).
     ``overrides`` apply to every variant, under the variant's own."""
