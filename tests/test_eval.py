@@ -43,6 +43,7 @@ def test_eval_scores_every_probe_against_random_init_and_the_shortcuts(tiny_run)
     assert report["semantic_gain"] == pytest.approx(sum(semantic) / len(semantic), abs=1e-4)
     assert (Path(report["checkpoint"]).name, report["step"]) == ("last.pt", 8)
     assert report["rankme"] > 0
+    assert 0 < report["target_token_share"] <= 1
     assert json.loads((tiny_run / "eval.json").read_text())["probes"] == report["probes"]
     assert (tiny_run / "eval.png").exists()
 
@@ -55,13 +56,25 @@ def test_eval_reads_the_checkpoint_it_is_told_to(tiny_run):
         tjepa_eval.evaluate_run(tiny_run, checkpoint=tiny_run / "missing.pt", progress=False)
 
 
+def test_document_probes_alone_score_the_semantic_probes_as_the_full_suite_does(tiny_run):
+    kwargs = dict(max_documents=100, random_inits=1, progress=False)
+    full = tjepa_eval.evaluate_run(tiny_run, **kwargs)
+    documents = tjepa_eval.evaluate_run(tiny_run, token_probes=False, **kwargs)
+    kinds = {p["kind"] for p in documents["probes"]}
+    assert "information" in {p["kind"] for p in full["probes"]} and "information" not in kinds
+    semantic = lambda report: [p for p in report["probes"] if p["kind"] == "semantic"]
+    assert semantic(documents) == semantic(full)
+    assert documents["semantic_gain"] == full["semantic_gain"]
+
+
 def test_eval_cli_prints_json_last(tiny_run):
     result = subprocess.run([sys.executable, "-m", "tjepa.eval", str(tiny_run), "--json",
                              "--max-documents", "200", "--random-inits", "1"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert {"probes", "rankme", "semantic_gain", "checkpoint", "step"} <= set(last)
+    assert {"probes", "rankme", "semantic_gain", "target_token_share", "checkpoint",
+            "step"} <= set(last)
     assert all({"name", "kind", "trained", "random_init", "best_baseline"} <= set(p)
                for p in last["probes"])
 

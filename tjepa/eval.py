@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             write_readme_table(args.readme, args.marker, table, command_line("tjepa.eval", argv))
     if args.json and not args.saved:
         print(json.dumps({k: report[k] for k in ("probes", "rankme", "semantic_gain",
-                                                  "checkpoint", "step", "objective")}))
+                                                  "target_token_share", "checkpoint", "step",
+                                                  "objective")}))
     return 0
 
 
