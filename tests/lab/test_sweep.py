@@ -45,7 +45,7 @@ def test_sweep_trains_each_variant_once_and_tables_them_from_their_runs(tinytale
     assert [r["variant"] for r in again] == ["base", "fast"]
     assert json.loads((tmp_path / "sweep.json").read_text())["variants"][0]["seeds"] == [0]
     table = sweep.sweep_table(again)
-    assert "| base |" in table and "| fast |" in table and "*bag of words*" in table
+    assert "| base |" in table and "| fast |" in table and "*bag of words* (with base)" in table
     assert "`optim.lr=1e-3`" in table and "s/step" in table
     brief = sweep.sweep_table(again, brief=True)
     assert "| fast | 3 × 1 |" in brief and "overrides" not in brief and "s/step" not in brief

@@ -158,18 +158,21 @@ def sweep_table(rows: list[dict], brief: bool = False) -> str:
             f"{row['val_gap_first']:.4f} → {row['val_gap_last']:.4f}",
             f"{row['rankme']:.0f}", _share(row.get("target_token_share")), alarm,
             f"{row['seconds_per_step']:.2f}"])
-    # the baselines, as the first variant's runs measured them (bag_of_embeddings reads
-    # each run's own embedding table; the others do not depend on the run)
+    # the baselines as the first variant's runs measured them, a mean over its seeds of each
+    # one (each variant's margins are over its own runs' best baseline, seed by seed: random
+    # twins and the bag of embeddings belong to a run)
     first = {p["name"]: p for p in rows[0]["probes"]}
     baselines = {"random init": {n: first[n]["random_init"] for n in names},
                  **{k.replace("_", " "): {n: first[n]["baselines"].get(k) for n in names}
                     for k in first[names[0]]["baselines"]}}
     for label, found in baselines.items():
         values = ["—" if found[n] is None else f"{found[n]:.3f}" for n in names]
-        table.append([f"*{label}*", "—", *values, "—", "—"] if brief else
-                     [f"*{label}*", f"baseline, with {rows[0]['variant']}", "—", *values,
+        name = f"*{label}* (with {rows[0]['variant']})"
+        table.append([name, "—", *values, "—", "—"] if brief else
+                     [name, "baseline", "—", *values,
                       "—", "—", "—", "—", "—", "—", "—"])
-    head = ["variant", "steps × seeds", *(f"{n} (margin)" for n in names), "semantic gain"]
+    head = ["variant", "steps × seeds", *(f"{n} (margin)" for n in names),
+            "semantic gain (± std over seeds)"]
     if brief:
         return markdown_table([*head, "alarm"], table)
     return markdown_table(
