@@ -51,8 +51,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device
                 model.checkpoint_step]
     semantic = [r.margin for r in results if r.kind == "semantic"]
     val = bins.split("val")
-    stories = [np.asarray(val.document(d)[: config.data.block_size], dtype=np.int64)
-               for d in range(min(len(val), max_documents))]
+    stories = probe.cut_stories(val, range(min(len(val), max_documents)), config.data.block_size)
     report = {"run_dir": str(run_dir), "objective": config.objective.name,
               "checkpoint": model.checkpoint, "step": model.checkpoint_step,
               "data": str(bins.path), "probes": probe.as_dicts(results),

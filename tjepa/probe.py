@@ -39,6 +39,7 @@ and whether anything cheaper reads it as well. Every probe is scored for
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -171,6 +172,13 @@ def token_share(encoder: Encoder, sequences: list[np.ndarray], device: str = "cp
 # --- inputs --------------------------------------------------------------------------------
 
 
+def cut_stories(split: data.DocumentSplit, documents: Iterable[int], block_size: int
+                ) -> list[np.ndarray]:
+    """The ``documents`` of a split as the encoder reads them: their first ``block_size``
+    tokens, int64."""
+    return [np.asarray(split.document(d)[:block_size], dtype=np.int64) for d in documents]
+
+
 def chunk_pairs(sequences: list[np.ndarray], seed: int = 0
                 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """Each story cut at a random point between 30 % and 70 % of its length; the first chunk
@@ -276,8 +284,7 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
     docs = {"train": np.sort(rng.permutation(len(train_split))[:max_documents]),
             "val": np.arange(min(len(val_split), max_documents))}
     splits = {"train": train_split, "val": val_split}
-    stories = {s: [np.asarray(splits[s].document(d)[:block_size], dtype=np.int64)
-                   for d in docs[s]] for s in splits}
+    stories = {s: cut_stories(splits[s], docs[s], block_size) for s in splits}
     feature_fns = {
         "trained": lambda t, n: pooled(model.target_encoder, t, n),
         **{f"random_init/{k}": (lambda t, n, m=m: pooled(m.target_encoder, t, n))
