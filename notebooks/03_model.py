@@ -24,6 +24,13 @@
 #   (trained) and as the target encoder (its exponential moving average, `tjepa/jepa.py`);
 # - the **Predictor**: context embeddings projected to a narrower width, one learnable mask
 #   token per target position, blocks, norm, projection back to the encoder's width.
+#
+# Why predict *embeddings* of the hidden text rather than the text? A masked LM must name each
+# hidden token among thousands, spending capacity on spelling and on choices the context
+# cannot settle. The target encoder's embedding of a hidden span can keep what the context
+# does settle (who acts, what happens next) and leave out what it does not. The price is a
+# shortcut: if every embedding were the same vector, the prediction would be perfect. Chapter
+# 04 shows that collapse; the slowly moving target encoder and the regularizer prevent it.
 
 # %% tags=["parameters"]
 import os
@@ -64,6 +71,33 @@ print("target positions ", tuple(batch.target_positions.shape), " (V, P)")
 print("predictions      ", tuple(predictions.shape), "(V, P, D)")
 print("targets          ", tuple(targets.shape), "(V, P, D), layer-normed")
 assert predictions.shape == targets.shape == (8, batch.target_positions.shape[1], config.dim)
+
+# %% [markdown]
+# ## The predictor's forward pass, written out
+# The predictor never sees a target token. Its input is the context embeddings, narrowed to
+# its own width, then one copy of a single learnable mask token per target position. Each
+# slot keeps its own position in the document (rotary, below), which is all a mask token
+# carries; the attention mask of chapter 02 keeps context from seeing targets and spans from
+# seeing each other. Its outputs at the mask tokens, widened back, are the predictions.
+
+# %%
+from tjepa.attention import attention_groups, attention_mask
+
+predictor = model.predictor
+with torch.no_grad():
+    context_tokens = batch.tokens[batch.document[:, None], batch.context_positions]  # (V, C)
+    context_groups = torch.where(batch.context_valid, 0, -1)  # padding sees only itself
+    context = model.context_encoder(context_tokens, batch.context_positions,
+                                    attention_mask(context_groups, config.attention))  # (V, C, D)
+    n_views, n_targets = batch.target_positions.shape
+    x = torch.cat([predictor.embed(context),  # (V, C, d): the context, narrowed
+                   predictor.mask_token.expand(n_views, n_targets, -1)], dim=1)  # (V, C + P, d)
+    positions = torch.cat([batch.context_positions, batch.target_positions], dim=1)
+    x = predictor.transformer(x, positions, attention_mask(attention_groups(batch),
+                                                           config.attention))
+    ours = predictor.head(x[:, context.shape[1]:])  # (V, P, D): the mask tokens' outputs
+print(f"largest difference from JEPA.predict: {float((ours - predictions).abs().max()):.1e}")
+assert torch.allclose(ours, predictions, atol=1e-6)
 
 # %% [markdown]
 # ## RoPE at arbitrary positions
