@@ -34,7 +34,7 @@ import os
 
 SMOKE = os.environ.get("TJEPA_SMOKE") == "1"
 DATA_DIR = "../data/smoke" if SMOKE else "../data"
-STEPS = 60 if SMOKE else None  # None: the default config's train.max_steps (2400)
+STEPS = 60 if SMOKE else None  # None: the default config's train.max_steps
 COLLAPSE_STEPS = 60 if SMOKE else 400  # the demo collapses within a few dozen steps
 OUT = "../out/notebooks"
 

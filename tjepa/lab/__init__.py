@@ -1,6 +1,8 @@
 """The lab: tools that measure tjepa rather than teach it.
 
-``bench`` times masking and the training step (``python -m tjepa.lab.bench``), ``ablate``
-trains and probes the anti-collapse mechanisms side by side (``python -m tjepa.lab.ablate``),
-and ``report`` writes their tables, and the evaluation's, between README markers.
+``bench`` times masking and the training step (``python -m tjepa.lab.bench``), ``breakdown``
+says where a step's and a run's time goes (``python -m tjepa.lab.breakdown``), ``ablate`` and
+``sweep`` train and probe variants side by side (``python -m tjepa.lab.ablate``,
+``python -m tjepa.lab.sweep``), ``book`` renders the executed notebooks as HTML pages
+(``python -m tjepa.lab.book``), and ``report`` writes the tables into the docs' pages.
 """
