@@ -10,8 +10,9 @@ network; ``index.html`` lists the chapters and each page links to its neighbours
 executed notebooks are saved beside their pages.
 
 ``--smoke`` runs the notebooks as the tests do (``TJEPA_SMOKE=1``: small data, few steps, a
-few minutes on a CPU). Without it, chapter 05 trains the real-text config: on a CPU that is
-the longest chapter by far (its first cell says how long).
+few minutes on a CPU, nothing from the network). Without it, chapter 05 downloads TinyStories
+(once) and trains the real-text config: on a CPU that is the longest chapter by far (its first
+cell says how long).
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ def breakdown(config_path: str | None = None, steps: int = 30, warmup: int = 5,
               "checkpoint": n // config.train.checkpoint_interval
               + n // config.train.eval_interval}  # last.pt, and best.pt at most every eval
     run = {"steps": n * step_s, **{k: counts[k] * events[k] for k in events}}
-    return {"config": str(config_path or runs.DEFAULT_CONFIG), "device": str(device),
+    return {"config": str(config_path or "configs/default.toml"), "device": str(device),
             "threads": torch.get_num_threads(), "steps_timed": steps, "max_steps": n,
             "step_ms": 1000 * step_s, "parts": parts_ms,
             "events": {k: {"seconds": events[k], "count": counts[k]} for k in events},
