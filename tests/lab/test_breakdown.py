@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from tests.helpers import tiny
@@ -72,3 +73,9 @@ def test_step_timer_removes_every_hook_and_wrapper(tinytales_bins):
     for module in (model, model.target_encoder, model.context_encoder, model.predictor):
         assert not module._forward_hooks and not module._forward_pre_hooks
         assert not module._backward_hooks and not module._backward_pre_hooks
+
+
+def test_breakdown_refuses_a_shared_encoder_it_cannot_time_apart(tinytales_bins):
+    with pytest.raises(ValueError, match="EMA target encoder"):
+        breakdown.breakdown(None, steps=1, warmup=0, progress=False,
+                            overrides=tiny(tinytales_bins, 'objective.anti_collapse="sigreg"'))

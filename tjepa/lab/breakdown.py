@@ -49,7 +49,7 @@ PARTS = {
     "loss forward": "gathers, smooth L1 over the targets, the rest of the forward",
     "loss and regularizer backward": "up to the predictor's outputs, and the regularizer's",
     "predictor backward": "",
-    "context encoder backward": "down to the token embeddings",
+    "context encoder backward": "down to the token embeddings, to the end of backward()",
     "gradient clip": "",
     "optimizer": "AdamW, then zero_grad",
     "EMA update": "target ← momentum · target + (1 − momentum) · context",
@@ -188,8 +188,10 @@ def breakdown(config_path: str | None = None, steps: int = 30, warmup: int = 5,
     device = resolve_device(config.train.device, world)
     bins = open_bins(config.data, world)
     config = resolve_config(config, bins, device, world)
-    if config.objective.name != "jepa":
-        raise SystemExit("the breakdown times the JEPA's networks: objective.name must be jepa")
+    if config.objective.name != "jepa" or not config.objective.uses_ema:
+        # one encoder serving as both would have its two passes timed under one name
+        raise ValueError("the breakdown times a JEPA's three networks apart: it needs "
+                         "objective.name = \"jepa\" with an EMA target encoder (ema or vicreg)")
     loader = data.DocumentLoader(bins.split("train"), config.data.batch_size,
                                  config.data.block_size, config.train.seed,
                                  config.data.min_tokens)
@@ -279,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", help="write the tables between this file's markers")
     parser.add_argument("--marker", default="step-breakdown")
     args = parser.parse_args(argv)
-    result = breakdown(args.config, args.steps, args.warmup, args.set)
+    try:
+        result = breakdown(args.config, args.steps, args.warmup, args.set)
+    except ValueError as error:
+        parser.error(str(error))
     tables = breakdown_tables(result)
     print(tables)
     if args.readme:
