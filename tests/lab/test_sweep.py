@@ -54,3 +54,23 @@ def test_sweep_trains_each_variant_once_and_tables_them_from_their_runs(tinytale
     assert sweep.main(["--out", str(tmp_path), "--saved", "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert table in text and "old" not in text and "tjepa.lab.sweep --out" in text
+
+
+def _report(gain: float, probes: list[tuple[str, float]]) -> dict:
+    return {"step": 10, "semantic_gain": gain, "probes": [
+        {"name": name, "kind": "semantic", "trained": trained, "best_baseline": 0.5,
+         "random_init": 0.5, "baselines": {"length": 0.4}} for name, trained in probes]}
+
+
+def test_a_variant_row_matches_probes_by_name_across_seeds():
+    # seed 0 was probed with the token probes too: one more probe, listed first
+    metrics = [{"step": 10, "loss": 0.3, "val_loss": 0.3, "val_constant_loss": 0.4,
+                "rankme": 50.0, "elapsed_s": 5.0}]
+    runs = [{"seed": 0, "report": _report(0.2, [("token_identity", 1.0), ("order:halves", 0.9)]),
+             "metrics": metrics, "seconds_per_step": 0.5},
+            {"seed": 1, "report": _report(0.1, [("order:halves", 0.7)]),
+             "metrics": metrics, "seconds_per_step": 0.5}]
+    row = sweep.variant_row("v", [], runs)
+    assert [p["name"] for p in row["probes"]] == ["order:halves"]
+    assert row["probes"][0]["trained"] == pytest.approx(0.8)
+    assert row["probes"][0]["margins"] == pytest.approx([0.4, 0.2])

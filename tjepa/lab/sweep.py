@@ -95,12 +95,17 @@ def variant_row(name: str, overrides: list[str], runs: list[dict]) -> dict:
     """One variant over its seeds: every probe's trained accuracy (mean and spread), its best
     baseline and margin, the semantic gain, the losses, RankMe, the alarm and the step time."""
     reports = [r["report"] for r in runs]
+    # by name: a run probed with the token probes too holds more probes than one without
+    by_name = [{p["name"]: p for p in rep["probes"]} for rep in reports]
     probes = []
-    for i, first in enumerate(reports[0]["probes"]):
-        trained = [rep["probes"][i]["trained"] for rep in reports]
-        best = [rep["probes"][i]["best_baseline"] for rep in reports]
-        random_init = [rep["probes"][i]["random_init"] for rep in reports]
-        shortcuts = {k: float(np.mean([rep["probes"][i]["baselines"][k] for rep in reports]))
+    for first in reports[0]["probes"]:
+        if not all(first["name"] in named for named in by_name):
+            continue
+        seeds = [named[first["name"]] for named in by_name]
+        trained = [p["trained"] for p in seeds]
+        best = [p["best_baseline"] for p in seeds]
+        random_init = [p["random_init"] for p in seeds]
+        shortcuts = {k: float(np.mean([p["baselines"][k] for p in seeds]))
                      for k in first["baselines"]}
         probes.append({"name": first["name"], "kind": first["kind"],
                        "trained": float(np.mean(trained)), "trained_std": float(np.std(trained)),
