@@ -14,7 +14,7 @@ from tjepa.lab import breakdown
 from tjepa.step import TrainingStep, resolve_model
 
 
-def test_breakdown_times_each_network_both_ways_and_the_parts_add_up(tinytales_bins, capsys):
+def test_breakdown_times_each_network_both_ways_and_the_parts_add_up(tinytales_bins):
     result = breakdown.breakdown(None, steps=2, warmup=1, progress=False,
                                  overrides=tiny(tinytales_bins, "monitor.interval=10",
                                                 "train.max_steps=100"))

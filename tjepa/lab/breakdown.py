@@ -125,7 +125,6 @@ def step_parts(marks: list[tuple[str, float]], start: float, end: float) -> dict
             opened[name[:-1]] = t
         elif name[:-1] in opened:
             spans[name[:-1]] += t - opened.pop(name[:-1])
-    sequence = [name for name, _ in marks]
 
     parts = dict.fromkeys(PARTS, 0.0)
     parts["setup"] = _first(marks, "model>") - start
@@ -138,10 +137,9 @@ def step_parts(marks: list[tuple[str, float]], start: float, end: float) -> dict
     # backward, per micro-batch: model< … predictor grad> … predictor grad< … context grad> …
     # then the next micro-batch's model> or, after the last one, the clip or the optimizer
     backward_end = _first(marks, "clip>", default=_first(marks, "optimizer>"))
-    for i, name in enumerate(sequence):
+    for i, (name, t_forward_end) in enumerate(marks):
         if name != "model<":
             continue
-        t_forward_end = marks[i][1]
         rest = marks[i + 1:]
         predictor_in = _first(rest, "predictor grad>")
         predictor_out = _first(rest, "predictor grad<")
