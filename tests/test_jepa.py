@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.helpers import SMALL_MODEL, short_batch
+from tjepa import runs
+from tjepa.config import ConfigError
 from tjepa.jepa import JEPA, encode_documents
+from tjepa.objective import ObjectiveConfig
 
 
 def test_context_encoder_output_ignores_target_tokens():
@@ -85,3 +90,63 @@ def test_ema_update_moves_the_target_toward_the_context_encoder():
                                      model.context_encoder.parameters(), strict=True):
         assert torch.allclose(after, 0.75 * before + 0.25 * online)
     assert not any(p.requires_grad for p in model.target_encoder.parameters())
+
+
+def test_block_targets_are_the_normed_mean_of_the_top_blocks_feed_forward_outputs():
+    torch.manual_seed(0)
+    objective = ObjectiveConfig(target="blocks", target_blocks=1)
+    model = JEPA(SMALL_MODEL, objective).eval()
+    tokens, lengths = torch.randint(1, 50, (2, 12)), torch.tensor([12, 12])
+    captured = []  # the last block's feed-forward output, caught as it leaves the MLP
+    last_mlp = model.target_encoder.transformer.blocks[-1].mlp
+    handle = last_mlp.register_forward_hook(lambda m, i, out: captured.append(out))
+    with torch.no_grad():
+        targets = model.document_targets(tokens, lengths)
+    handle.remove()
+    expected = F.instance_norm(captured[0].transpose(1, 2)).transpose(1, 2)
+    assert torch.allclose(targets, expected, atol=1e-5)
+    # the last layer's output, the residual stream, is another thing
+    assert not torch.allclose(targets, JEPA(SMALL_MODEL).document_targets(tokens, lengths))
+
+
+def test_block_targets_see_each_document_alone_whatever_the_padding():
+    torch.manual_seed(0)
+    model = JEPA(SMALL_MODEL, ObjectiveConfig(target="blocks")).eval()
+    tokens = torch.randint(1, 50, (2, 12))
+    with torch.no_grad():
+        alone = model.document_targets(tokens[1:, :5], torch.tensor([5]))
+        padded = model.document_targets(tokens, torch.tensor([12, 5]))
+    assert torch.allclose(alone[0], padded[1, :5], atol=1e-5)
+
+
+def test_shared_embeddings_are_trained_by_the_context_encoder_and_skipped_by_the_ema():
+    model = JEPA(SMALL_MODEL, ObjectiveConfig(share_embeddings=True))
+    assert model.target_encoder.embed is model.context_encoder.embed
+    assert model.context_encoder.embed.weight.requires_grad
+    with torch.no_grad():
+        for p in model.context_encoder.parameters():
+            p.add_(1.0)
+    blocks = [p.clone() for p in model.target_encoder.transformer.parameters()]
+    model.update_target(0.75)
+    for before, after, online in zip(blocks, model.target_encoder.transformer.parameters(),
+                                     model.context_encoder.transformer.parameters(),
+                                     strict=True):
+        assert torch.allclose(after, 0.75 * before + 0.25 * online)
+    assert torch.equal(model.target_encoder.embed.weight, model.context_encoder.embed.weight)
+
+
+def test_a_shared_table_survives_a_checkpoint_round_trip():
+    objective = ObjectiveConfig(share_embeddings=True)
+    model, again = JEPA(SMALL_MODEL, objective), JEPA(SMALL_MODEL, objective)
+    again.load_state_dict(model.state_dict())
+    assert again.target_encoder.embed is again.context_encoder.embed
+    assert torch.equal(again.context_encoder.embed.weight, model.context_encoder.embed.weight)
+
+
+def test_target_options_that_cannot_hold_are_config_errors():
+    with pytest.raises(ConfigError, match="target_blocks"):
+        runs.load_config(None, ['objective.target="blocks"', "objective.target_blocks=9",
+                                "model.depth=4"])
+    with pytest.raises(ConfigError, match="share_embeddings"):
+        runs.load_config(None, ["objective.share_embeddings=true",
+                                'objective.anti_collapse="sigreg"'])

@@ -1,13 +1,16 @@
-"""The objective: the loss's scale, and the anti-collapse regularizers."""
+"""The objective: the loss's scale, the targets' normalization, and the anti-collapse
+regularizers."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tjepa.objective import (
     ObjectiveConfig,
     anti_collapse_term,
+    instance_norm,
     prediction_loss,
     sigreg,
     vicreg_terms,
@@ -64,3 +67,15 @@ def test_the_sigreg_regularizer_weighs_the_same_whatever_the_number_of_tokens():
     assert unscaled > 10 * terms[1] / config.sigreg_weight
     assert config.prediction_weight == pytest.approx(0.95)
     assert ObjectiveConfig(anti_collapse="vicreg").prediction_weight == 1.0
+
+
+def test_instance_norm_normalizes_each_document_alone_as_torch_does():
+    torch.manual_seed(0)
+    h = torch.randn(2, 10, 6)
+    segment = torch.tensor([[0] * 7 + [-1] * 3, [0] * 4 + [1] * 6])  # padding; two documents
+    out = instance_norm(h, segment)
+    pieces = [(0, slice(0, 7)), (1, slice(0, 4)), (1, slice(4, 10))]
+    for row, span in pieces:
+        expected = F.instance_norm(h[row, span].T[None])[0].T
+        assert torch.allclose(out[row, span], expected, atol=1e-5)
+    assert torch.isfinite(out).all()  # padding: no statistics of its own, no NaN

@@ -59,10 +59,14 @@ def test_pack_length_shorter_than_the_block_is_a_config_error():
         runs.load_config(None, ["train.pack_length=64", "data.block_size=128"])
 
 
-@pytest.mark.parametrize("anti_collapse", ["vicreg", "sigreg"])
-def test_packed_and_padded_batches_give_the_same_loss_and_gradients(anti_collapse):
+@pytest.mark.parametrize("anti_collapse, target", [
+    ("vicreg", "last"), ("sigreg", "last"), ("vicreg", "blocks-instance"),
+    ("vicreg", "blocks-layer")])
+def test_packed_and_padded_batches_give_the_same_loss_and_gradients(anti_collapse, target):
     torch.manual_seed(0)
-    model = JEPA(SMALL_MODEL, ObjectiveConfig(anti_collapse=anti_collapse))
+    kind, _, norm = target.partition("-")
+    model = JEPA(SMALL_MODEL, ObjectiveConfig(anti_collapse=anti_collapse, target=kind,
+                                              target_block_norm=norm or "instance"))
     batch = varied_batch()
     results, grads = [], []
     for laid_out in (batch, pack(batch, row_length=128)):

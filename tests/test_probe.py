@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 
 from tjepa import data, probe
+from tjepa.jepa import encode_documents
 
 
 def test_linear_probe_reads_a_linearly_coded_label_and_not_noise():
@@ -103,5 +106,8 @@ class _Lookup(torch.nn.Module):
 def test_token_share_is_one_for_a_code_of_the_word_and_near_zero_for_noise():
     rng = np.random.default_rng(0)
     stories = [rng.integers(1, 20, size=rng.integers(10, 40)) for _ in range(50)]
-    assert probe.token_share(_Lookup(noise=False), stories) > 0.999
-    assert probe.token_share(_Lookup(noise=True), stories) < 0.05
+    def targets(encoder):
+        return partial(encode_documents, encoder)
+
+    assert probe.token_share(targets(_Lookup(noise=False)), stories) > 0.999
+    assert probe.token_share(targets(_Lookup(noise=True)), stories) < 0.05

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device
               "data": str(bins.path), "probes": probe.as_dicts(results),
               "rankme": measured[-1]["rankme"] if measured else None,
               "semantic_gain": round(float(np.mean(semantic)), 4) if semantic else None,
-              "target_token_share": round(probe.token_share(model.target_encoder, stories,
-                                                            device), 4)}
+              "target_token_share": round(probe.token_share(
+                  partial(probe.regression_targets, model), stories, device), 4)}
     (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
     fig = plot.probe_figure(results)
     fig.savefig(run_dir / "eval.png", dpi=110)

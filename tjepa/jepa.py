@@ -1,6 +1,6 @@
 """The JEPA: targets from the target encoder, predictions from the context, one loss.
 
-    target encoder (EMA, no grad)  : whole document         → layer norm → gather at targets
+    target encoder (EMA, no grad)  : whole document         → target features → gather at targets
     context encoder                : context tokens only    → predictor (+ mask tokens) → loss
 
 ``JEPA.forward`` takes a batch of views (``tjepa.masking``), padded or packed
@@ -17,10 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tjepa.attention import attention_groups, attention_mask
+from tjepa.attention import AttentionMask, attention_groups, attention_mask
 from tjepa.masking import MaskedBatch
 from tjepa.model import Encoder, ModelConfig, Predictor, init_weights
-from tjepa.objective import ObjectiveConfig, anti_collapse_term, prediction_loss
+from tjepa.objective import (
+    ObjectiveConfig,
+    anti_collapse_term,
+    instance_norm,
+    prediction_loss,
+)
 from tjepa.packing import PackedBatch
 
 
@@ -40,6 +45,8 @@ class JEPA(nn.Module):
         init_weights(self)
         if self.uses_ema:
             self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
+            if self.objective.share_embeddings:  # one table, trained by the context encoder
+                self.target_encoder.embed = self.context_encoder.embed
         else:  # the online encoder makes its own targets
             self.target_encoder = self.context_encoder
         self._ema_pairs: tuple[list[Tensor], list[Tensor]] | None = None
@@ -88,18 +95,43 @@ class JEPA(nn.Module):
         return (predictions, targets, context) if return_context else (predictions, targets)
 
     def targets(self, batch: MaskedBatch | PackedBatch) -> Tensor:
-        """The layer-normed target-encoder embeddings at the target positions: (V, P, D), or
-        (Rp, L, D) at every predictor slot of packed rows."""
+        """What the predictor regresses (``target_features``) at the target positions:
+        (V, P, D), or (Rp, L, D) at every predictor slot of packed rows."""
         with self._target_grad():
             if isinstance(batch, PackedBatch):
-                groups = torch.where(batch.document_sequence >= 0, 0, -1)
-                h = self.target_encoder(batch.document_tokens, batch.document_positions,
-                                        attention_mask(groups, self.config.attention,
-                                                       batch.document_sequence))
-                return F.layer_norm(h, h.shape[-1:]).flatten(0, 1)[batch.predictor_target]
-            h = self.target_embeddings(batch.tokens, batch.lengths)  # (B, T, D)
-            h = F.layer_norm(h, h.shape[-1:])
+                segment = batch.document_sequence  # (Rd, L): which document, -1 past the end
+                mask = attention_mask(torch.where(segment >= 0, 0, -1), self.config.attention,
+                                      segment)
+                h = self.target_features(batch.document_tokens, batch.document_positions,
+                                         segment, mask)
+                return h.flatten(0, 1)[batch.predictor_target]
+            h = self.document_targets(batch.tokens, batch.lengths)  # (B, T, D)
             return h[batch.document[:, None], batch.target_positions]
+
+    def document_targets(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """``target_features`` of whole padded documents (B, T) → (B, T, D): what the
+        predictor regresses at every token."""
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        segment = torch.where(positions < lengths[:, None], 0, -1)
+        return self.target_features(tokens, positions, segment,
+                                    attention_mask(segment, self.config.attention))
+
+    def target_features(self, tokens: Tensor, positions: Tensor, segment: Tensor,
+                        mask: AttentionMask) -> Tensor:
+        """The target encoder's view of whole documents, as the objective's ``target`` says:
+        tokens (N, T) → (N, T, D). ``segment`` (N, T) names each token's document (-1:
+        padding), over which ``instance`` norm takes its statistics."""
+        objective = self.objective
+        if objective.target == "last":
+            h = self.target_encoder(tokens, positions, mask)
+            return F.layer_norm(h, h.shape[-1:])
+        top = objective.target_blocks or self.config.depth
+        layers = self.target_encoder.mlp_outputs(tokens, positions, mask, top)  # K × (N, T, D)
+        if objective.target_block_norm == "instance":
+            layers = [instance_norm(h, segment) for h in layers]
+        else:
+            layers = [F.layer_norm(h.float(), h.shape[-1:]) for h in layers]
+        return torch.stack(layers).mean(0)
 
     @torch.no_grad()
     def constant_loss_sum(self, batch: MaskedBatch | PackedBatch) -> Tensor:
@@ -122,18 +154,16 @@ class JEPA(nn.Module):
         """The anti-collapse term on the context embeddings (..., D) where ``valid`` (...)."""
         return anti_collapse_term(self.objective, embeddings, valid)
 
-    def target_embeddings(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """The target encoder on whole documents (B, T) → (B, T, D); padding is masked."""
-        return encode_documents(self.target_encoder, tokens, lengths, self.config.attention)
-
     @torch.no_grad()
     def update_target(self, momentum: float | Tensor) -> None:
         """target ← momentum · target + (1 − momentum) · context, in one foreach kernel."""
         if not self.uses_ema:
             return
         if self._ema_pairs is None:  # built once: the same Parameter objects live on after .to()
-            self._ema_pairs = (list(self.target_encoder.parameters()),
-                               list(self.context_encoder.parameters()))
+            pairs = [(t, o) for t, o in zip(self.target_encoder.parameters(),
+                                            self.context_encoder.parameters(), strict=True)
+                     if t is not o]  # a shared table is already the context encoder's
+            self._ema_pairs = ([t for t, _ in pairs], [o for _, o in pairs])
         targets, online = self._ema_pairs
         torch._foreach_lerp_(targets, online, 1.0 - momentum)
 

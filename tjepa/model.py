@@ -82,9 +82,14 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor, rotations: Tensor, mask: AttentionMask) -> Tensor:
+    def forward(self, x: Tensor, rotations: Tensor, mask: AttentionMask,
+                return_mlp: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The block's output; with ``return_mlp``, also its feed-forward output before the
+        residual add (data2vec's target: what this block adds, without the stream it adds it
+        to, which carries the token's own embedding up from the input)."""
         x = x + self.attn(self.norm1(x), rotations, mask)
-        return x + self.mlp(self.norm2(x))
+        mlp = self.mlp(self.norm2(x))
+        return (x + mlp, mlp) if return_mlp else x + mlp
 
 
 class Transformer(nn.Module):
@@ -115,6 +120,18 @@ class Transformer(nn.Module):
                 x = block(x, rotations, mask)
         return self.norm(x)
 
+    def mlp_outputs(self, x: Tensor, positions: Tensor, mask: AttentionMask,
+                    top: int) -> list[Tensor]:
+        """The feed-forward outputs (before the residual add) of the ``top`` last blocks, each
+        (N, S, D): the layers data2vec averages into its targets."""
+        rotations = self.rope(positions)[:, None]
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x, mlp = block(x, rotations, mask, return_mlp=True)
+            if i >= len(self.blocks) - top:
+                outputs.append(mlp)
+        return outputs
+
 
 class Encoder(nn.Module):
     """Token embedding → transformer at the given positions: tokens (N, S) → (N, S, D)."""
@@ -128,6 +145,11 @@ class Encoder(nn.Module):
 
     def forward(self, tokens: Tensor, positions: Tensor, mask: AttentionMask) -> Tensor:
         return self.transformer(self.embed(tokens), positions, mask)
+
+    def mlp_outputs(self, tokens: Tensor, positions: Tensor, mask: AttentionMask,
+                    top: int) -> list[Tensor]:
+        """``Transformer.mlp_outputs`` of the embedded tokens: ``top`` tensors (N, S, D)."""
+        return self.transformer.mlp_outputs(self.embed(tokens), positions, mask, top)
 
 
 class Predictor(nn.Module):

@@ -31,6 +31,8 @@ from tjepa.config import check
 ObjectiveName = Literal["jepa", "mlm"]
 LossKind = Literal["smooth_l1", "l2", "cosine"]
 AntiCollapse = Literal["ema", "sigreg", "vicreg"]
+TargetKind = Literal["last", "blocks"]
+BlockNorm = Literal["instance", "layer"]
 Reduce = Callable[[Tensor], Tensor]  # sums a statistic over the rows other processes hold
 
 
@@ -50,6 +52,20 @@ class ObjectiveConfig:
     the number of tokens a micro-batch happens to hold: so λ means the same at any batch size,
     number of views, ``grad_accum`` or world size. The VICReg terms' weights are relative to
     the prediction loss (VICReg's paper: 25 : 25 : 1 for invariance : variance : covariance).
+
+    What the predictor regresses, ``target``:
+
+    - ``last``: the target encoder's last layer, layer-normed (I-JEPA);
+    - ``blocks``: data2vec's target: the feed-forward outputs (before the residual add) of the
+      top ``target_blocks`` blocks (0: all), each normalized by ``target_block_norm`` —
+      ``instance``, each feature over the document's tokens, or ``layer``, each token over its
+      features — then averaged. The residual stream carries each token's input embedding up to
+      the last layer; a block's own output does not, so these targets are less a code of the
+      hidden word and more what the context made of it.
+
+    ``share_embeddings``: the target encoder reads the context encoder's token embedding table
+    (data2vec's ``ema_transformer_layers_only``): the EMA then moves only the blocks, and the
+    targets follow learned word embeddings, not an average of their random start.
     """
 
     name: ObjectiveName = "jepa"
@@ -61,8 +77,16 @@ class ObjectiveConfig:
     target_stop_gradient: bool = True  # sigreg: no gradient through the targets
     vicreg_variance_weight: float = 1.0
     vicreg_covariance_weight: float = 0.04
+    target: TargetKind = "last"
+    target_blocks: int = 0
+    target_block_norm: BlockNorm = "instance"
+    share_embeddings: bool = False
 
     def __post_init__(self) -> None:
+        check(self.target_blocks >= 0, f"target_blocks must be >= 0, got {self.target_blocks}")
+        check(not self.share_embeddings or self.uses_ema,
+              "share_embeddings needs a target encoder of its own (anti_collapse ema or "
+              f"vicreg); under {self.anti_collapse!r} the context encoder makes the targets")
         check(self.sigreg_directions >= 1,
               f"sigreg_directions must be >= 1, got {self.sigreg_directions}")
         check(self.sigreg_samples >= 1,
@@ -90,6 +114,22 @@ def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind) -> Ten
     if kind == "l2":
         return F.mse_loss(predictions, targets, reduction="none").mean(-1)
     return 1 - F.cosine_similarity(predictions, targets, dim=-1)
+
+
+def instance_norm(h: Tensor, segment: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each feature of h (N, T, D) centred and scaled over the tokens of its sequence: the
+    tokens of a row with the same ``segment`` id (N, T); ids < 0 (padding) are left out of the
+    statistics. ``F.instance_norm`` on one unpadded document; padded and packed rows alike."""
+    n, t, d = h.shape
+    x = h.float().flatten(0, 1)  # (N·T, D)
+    valid = (segment >= 0).flatten()
+    ids = (torch.arange(n, device=h.device)[:, None] * t + segment.clamp(min=0)).flatten()
+    weight = valid.to(x.dtype)[:, None]
+    count = x.new_zeros(n * t, 1).index_add_(0, ids, weight).clamp(min=1)
+    mean = x.new_zeros(n * t, d).index_add_(0, ids, x * weight) / count
+    centred = x - mean[ids]
+    var = x.new_zeros(n * t, d).index_add_(0, ids, centred.square() * weight) / count
+    return (centred * torch.rsqrt(var[ids] + eps)).view(n, t, d)
 
 
 def anti_collapse_term(config: ObjectiveConfig, embeddings: Tensor, valid: Tensor) -> Tensor:

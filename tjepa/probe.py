@@ -39,7 +39,7 @@ and whether anything cheaper reads it as well. Every probe is scored for
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from tjepa import data
 from tjepa.jepa import JEPA, encode_documents, mean_pool
 from tjepa.masking import MaskingConfig, MaskSampler, forecast_batch
+from tjepa.mlm import MaskedLM
 from tjepa.model import Encoder
 
 MAX_PROBE_DOCUMENTS = 2000  # per split; enough for stable accuracies, seconds on a CPU
@@ -143,20 +144,30 @@ def pair_features(a: Tensor, b: Tensor) -> Tensor:
     return torch.cat([a, b, (a - b).abs(), a * b], dim=1)
 
 
+def regression_targets(model: JEPA | MaskedLM, tokens: Tensor, lengths: Tensor) -> Tensor:
+    """What the model regresses at every token of padded documents (B, T) → (B, T, D): the
+    JEPA's targets (``JEPA.document_targets``); for the masked LM, which regresses nothing,
+    its encoder's layer-normed output."""
+    if isinstance(model, JEPA):
+        return model.document_targets(tokens, lengths).float()
+    h = encode_documents(model.target_encoder, tokens, lengths).float()
+    return F.layer_norm(h, h.shape[-1:])
+
+
 @torch.no_grad()
-def token_share(encoder: Encoder, sequences: list[np.ndarray], device: str = "cpu",
-                batch_size: int = 64) -> float:
-    """How much of the encoder's layer-normed embeddings its tokens' identity explains: 1 −
-    (variance within each token id) / (total variance), over the positions whose token occurs
-    at least twice. Near 1, an embedding is a code for its word, and predicting it at a hidden
-    position means guessing the word; lower, it carries the context."""
+def token_share(targets: Callable[[Tensor, Tensor], Tensor], sequences: list[np.ndarray],
+                device: str = "cpu", batch_size: int = 64) -> float:
+    """How much of the embeddings ``targets(tokens, lengths)`` (B, T, D) their tokens'
+    identity explains: 1 − (variance within each token id) / (total variance), over the
+    positions whose token occurs at least twice. Near 1, an embedding is a code for its word,
+    and predicting it at a hidden position means guessing the word; lower, it carries the
+    context."""
     embeddings, ids = [], []
     for start in range(0, len(sequences), batch_size):
         tokens, lengths = pad(sequences[start : start + batch_size])
         tokens, lengths = tokens.to(device), lengths.to(device)
-        h = encode_documents(encoder, tokens, lengths).float()
         valid = torch.arange(tokens.shape[1], device=device) < lengths[:, None]
-        embeddings.append(F.layer_norm(h, h.shape[-1:])[valid].cpu())
+        embeddings.append(targets(tokens, lengths).float()[valid].cpu())
         ids.append(tokens[valid].cpu())
     x, ids = torch.cat(embeddings), torch.cat(ids)
     _, inverse, counts = ids.unique(return_inverse=True, return_counts=True)
@@ -467,13 +478,12 @@ def pad(ids: list[np.ndarray]) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def token_features(model: JEPA, split, documents, block_size: int, device: str):
-    """Layer-normed target-encoder token embeddings (what the predictor regresses) and ids."""
+    """The regressed targets at every token (``regression_targets``) and the token ids."""
     xs, ys, count = [], [], 0
     for start in range(0, len(documents), 64):
         tokens, lengths = split.batch(documents[start : start + 64], block_size)
         tokens, lengths = tokens.to(device), lengths.to(device)
-        h = encode_documents(model.target_encoder, tokens, lengths).float()
-        h = F.layer_norm(h, h.shape[-1:])
+        h = regression_targets(model, tokens, lengths)
         valid = torch.arange(tokens.shape[1], device=device) < lengths[:, None]
         xs.append(h[valid].cpu())
         ys.append(tokens[valid].cpu())

@@ -100,6 +100,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.masking.check_fits(self.data.block_size)
+        check(self.objective.target_blocks <= self.model.depth,
+              f"objective.target_blocks ({self.objective.target_blocks}) must be at most "
+              f"model.depth ({self.model.depth})")
         length = self.train.pack_length
         check(self.objective.name == "jepa" or length == 0,
               f"objective.name = {self.objective.name!r} takes padded batches: set "
