@@ -17,6 +17,7 @@ copies — so the host queues the next step while the card runs this one; a test
 
 from __future__ import annotations
 
+import contextlib
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -135,6 +136,15 @@ class TrainingStep:
         # Step 3: momentum update of the target encoder
         self.model.update_target(self.schedule.momentum(step))
         return step_loss
+
+    def measuring(self) -> contextlib.AbstractContextManager:
+        """A block in which measurement (validation, the monitor) may draw random numbers —
+        SIGReg's directions in the validation loss — from torch's generators, restored as they
+        were at its end: so a run that measures at a step takes the same steps after it as one
+        that does not, and a run stopped anywhere resumes exactly."""
+        cuda = self.device.type == "cuda"
+        return torch.random.fork_rng(devices=[self.device] if cuda else [],
+                                     device_type=self.device.type)
 
     @torch.no_grad()
     def validation_loss(self, batches: list[MaskedBatch | PackedBatch]) -> dict[str, float]:

@@ -122,14 +122,16 @@ def train(config: runs.RunConfig, run_dir: str | Path, resume: bool = False,
                               "lr": training_step.schedule.lr(step - 1),
                               "momentum": training_step.schedule.momentum(step - 1),
                               **window.lap()}
-                    if step % config.train.eval_interval == 0 or is_last:
-                        record.update(training_step.validation_loss(val_batches))
-                        if record["val_loss"] < best_val:
-                            best_val = record["val_loss"]
-                            save("best.pt")
+                    with training_step.measuring():  # the step's generators untouched
+                        if step % config.train.eval_interval == 0 or is_last:
+                            record.update(training_step.validation_loss(val_batches))
+                        if monitor_now:
+                            record.update(measure(training_step.model, *held_out,
+                                                  config.monitor.max_tokens))
+                    if record.get("val_loss", math.inf) < best_val:
+                        best_val = record["val_loss"]
+                        save("best.pt")
                     if monitor_now:
-                        record.update(measure(training_step.model, *held_out,
-                                              config.monitor.max_tokens))
                         rankme = record["rankme"]
                         if alarm.check(record, step):
                             record["collapse_alarm"] = True
