@@ -150,3 +150,36 @@ def test_target_options_that_cannot_hold_are_config_errors():
     with pytest.raises(ConfigError, match="share_embeddings"):
         runs.load_config(None, ["objective.share_embeddings=true",
                                 'objective.anti_collapse="sigreg"'])
+
+
+def test_mlm_jepa_adds_the_weighted_prediction_loss_to_the_masked_lms():
+    from tjepa.mlm import MaskedLMJEPA
+
+    torch.manual_seed(0)
+    batch = short_batch()
+    losses = {}
+    for weight in (0.0, 1.0, 3.0):
+        torch.manual_seed(0)  # the same weights each time
+        model = MaskedLMJEPA(SMALL_MODEL, ObjectiveConfig(name="mlm+jepa", jepa_weight=weight))
+        with torch.no_grad():
+            losses[weight] = float(model(batch)[0])
+    regression = losses[1.0] - losses[0.0]
+    assert regression > 0  # the JEPA term is there, and scales with its weight
+    assert losses[3.0] - losses[0.0] == pytest.approx(3 * regression, rel=1e-4)
+    # the masked-LM part alone is the masked LM's loss on the same encoder and head
+    torch.manual_seed(0)
+    model = MaskedLMJEPA(SMALL_MODEL, ObjectiveConfig(name="mlm+jepa", jepa_weight=0.0))
+    n_targets = batch.target_positions.shape[1]
+    logits = model.head(model.context_encoder(*_masked(model, batch))[:, -n_targets:])
+    truth = batch.tokens[batch.document[:, None], batch.target_positions]
+    ce = F.cross_entropy(logits.flatten(0, 1), truth.flatten(), reduction="none")
+    assert float((ce.view_as(truth) * batch.target_valid).sum()) == pytest.approx(losses[0.0],
+                                                                                  rel=1e-4)
+
+
+def _masked(model, batch):
+    from tjepa.attention import attention_mask
+    from tjepa.mlm import MaskedInput
+
+    masked = MaskedInput.of(batch, model.mask_id)
+    return masked.tokens, masked.positions, attention_mask(masked.groups, "sdpa")

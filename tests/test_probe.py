@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tjepa import data, probe
+from tjepa import data, probe, probe_texts
 from tjepa.jepa import encode_documents
 
 
@@ -48,14 +48,14 @@ def test_reordered_stories_hold_the_same_tokens_so_length_and_bag_of_words_canno
     ends = np.zeros(50, dtype=bool)
     ends[7] = True  # token 7 ends a sentence
     for how in ("halves", "words"):
-        altered, labels = probe.reordered(stories, how, ends, seed=1)
+        altered, labels = probe_texts.reordered(stories, how, ends, seed=1)
         assert 0.35 < labels.mean() < 0.65
         for before, after, label in zip(stories, altered, labels, strict=True):
             assert sorted(before) == sorted(after)  # the same bag of tokens, the same length
             assert (not np.array_equal(before, after)) == bool(label)
     # the halves are swapped at the sentence end nearest the middle
     story = np.array([1, 2, 3, 7, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15])
-    swapped = next(a for a, y in zip(*probe.reordered([story] * 8, "halves", ends, seed=0),
+    swapped = next(a for a, y in zip(*probe_texts.reordered([story] * 8, "halves", ends, seed=0),
                                      strict=True) if y)
     assert swapped.tolist() == [8, 9, 10, 11, 12, 13, 14, 15, 1, 2, 3, 7, 4, 5, 6, 7]
 
@@ -70,7 +70,7 @@ def test_same_story_pairs_cannot_be_told_apart_by_their_lengths(tinytales_bins):
         y = torch.from_numpy(label)
         return probe.linear_probe(x[:1200], y[:1200], x[1200:], y[1200:])
 
-    assert length_accuracy(*probe.chunk_pairs(stories, seed=0)) < 0.62
+    assert length_accuracy(*probe_texts.chunk_pairs(stories, seed=0)) < 0.62
     # cut in the middle, with any other story as the negative, the lengths give it away
     halves = [s[: len(s) // 2] for s in stories], [s[len(s) // 2 :] for s in stories]
     rng = np.random.default_rng(0)

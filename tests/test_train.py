@@ -170,15 +170,18 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(
 
 
 
-def test_the_masked_lm_baseline_trains_through_the_same_command(tinytales_bins, tmp_path):
+@pytest.mark.parametrize(("objective", "kind"),
+                         [("mlm", "MaskedLM"), ("mlm+jepa", "MaskedLMJEPA")])
+def test_the_masked_lm_objectives_train_through_the_same_command(tinytales_bins, tmp_path,
+                                                                  objective, kind):
     sets = sum((["--set", s] for s in tiny(tinytales_bins, "train.max_steps=6",
-                                           'objective.name="mlm"')), [])
+                                           f'objective.name="{objective}"')), [])
     result = run_cli(*sets, "--out", str(tmp_path / "mlm"))
     assert result.returncode == 0, result.stderr
     records = runs.read_metrics(tmp_path / "mlm")
     assert records[-1]["loss"] < records[0]["loss"]  # cross-entropy of the hidden tokens
     assert all(r["val_constant_loss"] > 0 for r in records if "val_loss" in r)
     model, config, _ = runs.load_run(tmp_path / "mlm")
-    assert config.objective.name == "mlm" and type(model).__name__ == "MaskedLM"
+    assert config.objective.name == objective and type(model).__name__ == kind
     refused = run_cli(*sets, "--set", "train.pack_length=96", "--out", str(tmp_path / "packed"))
     assert refused.returncode == 1 and "takes padded batches" in refused.stderr

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tjepa import data, plot, probe
+from tjepa import data, plot, probe, probe_texts
 from tjepa.config import ConfigError
 from tjepa.lab.report import command_line, markdown_table, write_readme_table
 from tjepa.runs import RunError, load_run, read_metrics
@@ -50,14 +50,15 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device
                                progress=progress, token_probes=token_probes)
     measured = [r for r in read_metrics(run_dir) if "rankme" in r and r["step"] <=
                 model.checkpoint_step]
-    semantic = [r.margin for r in results if r.kind == "semantic"]
     val = bins.split("val")
-    stories = probe.cut_stories(val, range(min(len(val), max_documents)), config.data.block_size)
+    stories = probe_texts.cut_stories(val, range(min(len(val), max_documents)),
+                                      config.data.block_size)
     report = {"run_dir": str(run_dir), "objective": config.objective.name,
               "checkpoint": model.checkpoint, "step": model.checkpoint_step,
               "data": str(bins.path), "probes": probe.as_dicts(results),
               "rankme": measured[-1]["rankme"] if measured else None,
-              "semantic_gain": round(float(np.mean(semantic)), 4) if semantic else None,
+              "semantic_gain": probe.gain(results, "semantic"),
+              "discourse_gain": probe.gain(results, "discourse"),
               "target_token_share": round(probe.token_share(
                   partial(probe.regression_targets, model), stories, device), 4)}
     (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
@@ -79,7 +80,7 @@ def probe_table(results: list[probe.ProbeResult]) -> str:
           f"{r.margin:+.3f}"] for r in results))
 
 
-KIND_ORDER = ("semantic", "nonlinear", "lexical", "pretext", "information")
+KIND_ORDER = ("semantic", "discourse", "nonlinear", "lexical", "pretext", "information")
 
 
 def runs_table(run_dirs: list[str | Path]) -> str:
@@ -102,10 +103,11 @@ def runs_table(run_dirs: list[str | Path]) -> str:
     for kind in KIND_ORDER:
         for name in [n for n, k in kinds.items() if k == kind]:
             rows.append([f"{name} ({kind})", *(cell(found.get(name)) for found in probes)])
-        if kind == "semantic":
-            rows.append(["**semantic gain** (mean margin)",
-                         *("—" if r["semantic_gain"] is None else f"**{r['semantic_gain']:+.3f}**"
-                           for r in reports)])
+        if kind in ("semantic", "discourse") and any(r.get(f"{kind}_gain") is not None
+                                                     for r in reports):
+            rows.append([f"**{kind} gain** (mean margin)",
+                         *("—" if r.get(f"{kind}_gain") is None
+                           else f"**{r[f'{kind}_gain']:+.3f}**" for r in reports)])
     metrics = [read_metrics(d) for d in run_dirs]
     rows += [
         ["objective", *(r.get("objective", "jepa") for r in reports)],
@@ -153,11 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                                   token_probes=not args.no_token_probes)
             print(f"{run_dir} ({Path(report['checkpoint']).name}, step {report['step']}):")
             print(probe_table([probe.ProbeResult.from_dict(r) for r in report["probes"]]))
-            gain = report["semantic_gain"]
-            print("mean margin of the semantic probes over their best baseline: "
-                  + ("—" if gain is None else f"{gain:+.3f}")
-                  + f"; RankMe {report['rankme']}; share of the target embeddings' variance "
-                  f"that the token's identity explains {report['target_token_share']:.2f}")
+            gains = "; ".join(
+                f"{kind} " + ("—" if report[f"{kind}_gain"] is None
+                              else f"{report[f'{kind}_gain']:+.3f}")
+                for kind in ("semantic", "discourse"))
+            print(f"mean margin over the best baseline: {gains}; RankMe {report['rankme']}; "
+                  "share of the target embeddings' variance that the token's identity "
+                  f"explains {report['target_token_share']:.2f}")
         table = runs_table(args.run_dirs) if tabled else None
     except (ConfigError, data.DataError, RunError) as e:
         print(f"tjepa.eval: error: {e}", file=sys.stderr)
@@ -167,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.readme:
             write_readme_table(args.readme, args.marker, table, command_line("tjepa.eval", argv))
     if args.json and not args.saved:
-        print(json.dumps({k: report[k] for k in ("probes", "rankme", "semantic_gain",
-                                                  "target_token_share", "checkpoint", "step",
-                                                  "objective")}))
+        print(json.dumps({k: report[k] for k in (
+            "probes", "rankme", "semantic_gain", "discourse_gain", "target_token_share",
+            "checkpoint", "step", "objective")}))
     return 0
 
 

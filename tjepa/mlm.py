@@ -11,16 +11,52 @@ what ``JEPA.forward`` returns, so the same training step, loop, monitor and prob
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tjepa.attention import attention_mask
+from tjepa.attention import attention_groups, attention_mask
+from tjepa.jepa import JEPA
 from tjepa.masking import MaskedBatch
 from tjepa.model import Encoder, ModelConfig, init_weights
-from tjepa.objective import ObjectiveConfig
+from tjepa.objective import ObjectiveConfig, prediction_loss
+
+
+@dataclass
+class MaskedInput:
+    """BERT's input for a batch of views: each view's context tokens, then the ``[MASK]`` id
+    at each of its target positions, all attending to all; the true ids at the targets."""
+
+    tokens: Tensor  # (V, C + P)
+    positions: Tensor  # (V, C + P)
+    groups: Tensor  # (V, C + P): 0 for real slots, -1 for padding
+    truth: Tensor  # (V, P)
+    n_context: int  # C: the targets' slots start here
+
+    @classmethod
+    def of(cls, batch: MaskedBatch, mask_id: int) -> MaskedInput:
+        if not isinstance(batch, MaskedBatch):
+            raise TypeError("the masked-LM objectives take padded batches (train.pack_length "
+                            "= 0)")
+        document = batch.document[:, None]
+        context_tokens = batch.tokens[document, batch.context_positions]
+        truth = batch.tokens[document, batch.target_positions]
+        tokens = torch.cat([context_tokens, torch.full_like(truth, mask_id)], dim=1)
+        positions = torch.cat([batch.context_positions, batch.target_positions], dim=1)
+        valid = torch.cat([batch.context_valid, batch.target_valid], dim=1)
+        return cls(tokens, positions, torch.where(valid, 0, -1), truth, context_tokens.shape[1])
+
+
+def frequency_loss_sum(batch: MaskedBatch, vocab_size: int) -> Tensor:
+    """The summed cross-entropy of the best constant guess, the batch's own target
+    frequencies: the masked LM's yardstick."""
+    truth = batch.tokens[batch.document[:, None], batch.target_positions]
+    counts = torch.zeros(vocab_size, device=truth.device)
+    counts.scatter_add_(0, truth.flatten(), batch.target_valid.flatten().float())
+    p = counts / counts.sum().clamp(min=1)
+    return -(counts * p.clamp(min=1e-12).log()).sum()
 
 
 class MaskedLM(nn.Module):
@@ -52,26 +88,65 @@ class MaskedLM(nn.Module):
 
     def predict_tokens(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
         """Logits (V, P, vocab) at the target positions, and the true ids there (V, P)."""
-        if not isinstance(batch, MaskedBatch):
-            raise TypeError("the masked-LM baseline takes padded batches (train.pack_length = 0)")
-        document = batch.document[:, None]
-        context_tokens = batch.tokens[document, batch.context_positions]
-        truth = batch.tokens[document, batch.target_positions]
-        tokens = torch.cat([context_tokens, torch.full_like(truth, self.mask_id)], dim=1)
-        positions = torch.cat([batch.context_positions, batch.target_positions], dim=1)
-        valid = torch.cat([batch.context_valid, batch.target_valid], dim=1)
-        groups = torch.where(valid, 0, -1)  # every real token sees every other: BERT
-        h = self.context_encoder(tokens, positions, attention_mask(groups, self.config.attention))
-        return self.head(h[:, context_tokens.shape[1]:]), truth
+        masked = MaskedInput.of(batch, self.mask_id)
+        h = self.context_encoder(masked.tokens, masked.positions,
+                                 attention_mask(masked.groups, self.config.attention))
+        return self.head(h[:, masked.n_context:]), masked.truth
 
     @torch.no_grad()
     def constant_loss_sum(self, batch: MaskedBatch) -> Tensor:
         """The summed loss of the best constant guess: the batch's own target frequencies."""
-        truth = batch.tokens[batch.document[:, None], batch.target_positions]
-        counts = torch.zeros(self.config.vocab_size, device=truth.device)
-        counts.scatter_add_(0, truth.flatten(), batch.target_valid.flatten().float())
-        p = counts / counts.sum().clamp(min=1)
-        return -(counts * p.clamp(min=1e-12).log()).sum()
+        return frequency_loss_sum(batch, self.config.vocab_size)
 
     def update_target(self, momentum: float | Tensor) -> None:
         """No target encoder: nothing to update."""
+
+
+class MaskedLMJEPA(JEPA):
+    """``objective.name = "mlm+jepa"``: the masked LM's loss plus ``jepa_weight`` × the JEPA's
+    (LLM-JEPA's form: Huang, LeCun and Balestriero 2025: a language model's loss plus λ
+    times an embedding prediction loss), on one encoder, to measure what the JEPA term adds
+    to a masked LM.
+
+    One pass of the encoder over BERT's input (``MaskedInput``) gives both: its outputs at the
+    ``[MASK]`` slots feed the token head, and its outputs at the context slots — which saw
+    only the targets' positions, never their tokens — feed the predictor, which regresses the
+    EMA target encoder's ``targets`` as the JEPA does (its anti-collapse term included). The
+    probes and the monitor read the encoders as they read the JEPA's.
+    """
+
+    def __init__(self, config: ModelConfig, objective: ObjectiveConfig | None = None):
+        objective = objective or ObjectiveConfig(name="mlm+jepa")
+        # one more row in the embedding table: the [MASK] id, one past the bins' vocabulary
+        super().__init__(replace(config, vocab_size=config.vocab_size + 1), objective)
+        self.config = config
+        self.mask_id = config.vocab_size
+        self.head = nn.Linear(config.dim, config.vocab_size)
+        init_weights(self.head)
+
+    def forward(self, batch: MaskedBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """Summed (cross-entropy + ``jepa_weight`` × prediction loss) over the real targets,
+        their number, and the anti-collapse term on the context embeddings."""
+        masked = MaskedInput.of(batch, self.mask_id)
+        targets = self.targets(batch)  # (V, P, D), from the whole documents
+        backend = self.config.attention
+        h = self.context_encoder(masked.tokens, masked.positions,
+                                 attention_mask(masked.groups, backend))  # (V, C + P, D)
+        context, hidden = h[:, :masked.n_context], h[:, masked.n_context:]
+        logits = self.head(hidden)
+        cross_entropy = F.cross_entropy(logits.flatten(0, 1).float(), masked.truth.flatten(),
+                                        reduction="none").view_as(masked.truth)
+        predictions = self.predictor(context, batch.context_positions, batch.target_positions,
+                                     attention_mask(attention_groups(batch), backend))
+        regression = prediction_loss(predictions.float(), targets.float(), self.objective.loss)
+        per_token = cross_entropy + self.objective.jepa_weight * regression
+        valid = batch.target_valid
+        regularizer = self.regularizer(context, batch.context_valid)
+        return (per_token * valid).sum(), valid.sum(), regularizer
+
+    @torch.no_grad()
+    def constant_loss_sum(self, batch: MaskedBatch) -> Tensor:
+        """Both yardsticks, weighed as the loss weighs them: the batch's target frequencies
+        and the targets' mean."""
+        return (frequency_loss_sum(batch, self.config.vocab_size)
+                + self.objective.jepa_weight * super().constant_loss_sum(batch))

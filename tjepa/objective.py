@@ -28,7 +28,7 @@ from torch import Tensor
 
 from tjepa.config import check
 
-ObjectiveName = Literal["jepa", "mlm"]
+ObjectiveName = Literal["jepa", "mlm", "mlm+jepa"]
 LossKind = Literal["smooth_l1", "l2", "cosine"]
 AntiCollapse = Literal["ema", "sigreg", "vicreg"]
 TargetKind = Literal["last", "blocks"]
@@ -40,8 +40,9 @@ Reduce = Callable[[Tensor], Tensor]  # sums a statistic over the rows other proc
 class ObjectiveConfig:
     """What a run learns to do: ``name`` the objective — ``jepa``, the JEPA's embedding
     prediction, or ``mlm``, the masked-LM baseline (``tjepa.mlm``: the hidden tokens' ids, by
-    cross-entropy, on the same encoder and masks) — and, for the JEPA, its per-token ``loss``
-    and its anti-collapse mechanism with that mechanism's weights.
+    cross-entropy, on the same encoder and masks) or ``mlm+jepa``, the masked LM's loss plus
+    ``jepa_weight`` × the JEPA's (``tjepa.mlm.MaskedLMJEPA``) — and, for the JEPA, its
+    per-token ``loss`` and its anti-collapse mechanism with that mechanism's weights.
 
     The sigreg and vicreg terms are statistics of a micro-batch, summed over DDP ranks
     (``sum_over_ranks``) but not over gradient-accumulation micro-batches.
@@ -77,6 +78,7 @@ class ObjectiveConfig:
     target_stop_gradient: bool = True  # sigreg: no gradient through the targets
     vicreg_variance_weight: float = 1.0
     vicreg_covariance_weight: float = 0.04
+    jepa_weight: float = 1.0  # mlm+jepa: λ, the JEPA loss's weight beside the masked LM's
     target: TargetKind = "last"
     target_blocks: int = 0
     target_block_norm: BlockNorm = "instance"
@@ -92,7 +94,8 @@ class ObjectiveConfig:
         check(self.sigreg_samples >= 1,
               f"sigreg_samples must be >= 1, got {self.sigreg_samples}")
         check(self.sigreg_weight < 1, f"sigreg_weight must be < 1, got {self.sigreg_weight}")
-        for name in ("sigreg_weight", "vicreg_variance_weight", "vicreg_covariance_weight"):
+        for name in ("sigreg_weight", "vicreg_variance_weight", "vicreg_covariance_weight",
+                     "jepa_weight"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property

@@ -25,6 +25,12 @@ and whether anything cheaper reads it as well. Every probe is scored for
     two halves swapped at the sentence end nearest the middle (``halves``), or is a window of
     ``SHUFFLE_WINDOW`` tokens in its middle shuffled (``words``)? Both versions hold the same
     tokens, so length and bag of words read nothing by construction;
+- ``discourse`` (any corpus): the order and coherence of a story's sentences, built from
+  raw text by ``tjepa.probe_texts`` (bigram shift, the order of a sentence pair, a
+  sentence's position, the halves of a story after its opening, a sentence from another
+  story). Their mean margin is the ``discourse gain``, the headline on real text: none of
+  them leans on a story's opening, and all but the foreign sentence hold the same tokens
+  either way;
 - ``lexical``: a tinytales factor that a word names (a bag of words reads it; these measure
   what survives training);
 - ``nonlinear``: the tinytales ending read from the story *before* it is told, an XNOR of two
@@ -39,7 +45,7 @@ and whether anything cheaper reads it as well. Every probe is scored for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -48,17 +54,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tjepa import data
+from tjepa import data, probe_texts
 from tjepa.jepa import JEPA, encode_documents, mean_pool
 from tjepa.masking import MaskingConfig, MaskSampler, forecast_batch
 from tjepa.mlm import MaskedLM
 from tjepa.model import Encoder
+from tjepa.probe_texts import chunk_pairs, cut_stories, reordered, sentence_ends, split_sentences
 
 MAX_PROBE_DOCUMENTS = 2000  # per split; enough for stable accuracies, seconds on a CPU
 MAX_PROBE_TOKENS = 20_000
 RANDOM_INITS = 3  # random-init twins per document probe
 BAG_OF_WORDS_BUCKETS = 1024
-SHUFFLE_WINDOW = 8
 ORDER_MIN_TOKENS = 24  # stories shorter than this sit out the order probes
 # The forecast asks about the same number of positions after every prefix: with mask tokens
 # over the whole rest of the story, their count (the outcome's length) would tell the ending
@@ -70,7 +76,7 @@ SHORTCUTS = ("length", "bag_of_words", "bag_of_embeddings")
 @dataclass
 class ProbeResult:
     name: str
-    kind: str  # semantic, lexical, nonlinear, pretext or information (the module docstring)
+    kind: str  # semantic, discourse, lexical, nonlinear, pretext or information (see above)
     trained: float
     random_init: float  # the mean over the random-init twins
     baselines: dict[str, float] = field(default_factory=dict)  # shortcut → accuracy
@@ -180,86 +186,14 @@ def token_share(targets: Callable[[Tensor, Tensor], Tensor], sequences: list[np.
     return float(1 - within / total)
 
 
-# --- inputs --------------------------------------------------------------------------------
-
-
-def cut_stories(split: data.DocumentSplit, documents: Iterable[int], block_size: int
-                ) -> list[np.ndarray]:
-    """The ``documents`` of a split as the encoder reads them: their first ``block_size``
-    tokens, int64."""
-    return [np.asarray(split.document(d)[:block_size], dtype=np.int64) for d in documents]
-
-
-def chunk_pairs(sequences: list[np.ndarray], seed: int = 0
-                ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """Each story cut at a random point between 30 % and 70 % of its length; the first chunk
-    paired with its own second chunk (label 1) or, half the time, with the second chunk of the
-    story whose second chunk is closest in length (label 0)."""
-    rng = np.random.default_rng(seed)
-    cut = [int(np.clip(round(len(s) * rng.uniform(0.3, 0.7)), 1, len(s) - 1))
-           for s in sequences]
-    first = [s[:c] for s, c in zip(sequences, cut, strict=True)]
-    second = [s[c:] for s, c in zip(sequences, cut, strict=True)]
-    n = len(sequences)
-    same = rng.random(n) < 0.5
-    order = np.argsort([len(s) for s in second], kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
-    # the neighbour in length order (up or down at random): another story, nearly the length
-    step = np.where(rng.random(n) < 0.5, 1, -1)
-    neighbour_rank = rank + step
-    neighbour_rank = np.where((neighbour_rank < 0) | (neighbour_rank >= n), rank - step,
-                              neighbour_rank).clip(0, n - 1)
-    partner = np.where(same, np.arange(n), order[neighbour_rank])
-    return first, [second[p] for p in partner], same.astype(np.int64)
-
-
-def sentence_ends(vocab: data.Vocabulary) -> np.ndarray:
-    """Which compact ids end a sentence (their text ends in . ! or ?, quotes aside): (V,)."""
-    text = vocab.decode_tokens(range(1, vocab.size))
-    ends = [t.strip().rstrip("\"'”’").endswith((".", "!", "?")) for t in text]
-    return np.array([False, *ends])
-
-
-def reordered(sequences: list[np.ndarray], how: str, ends: np.ndarray, seed: int = 0
-              ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Half the sequences altered without changing which tokens they hold (label 1), half as
-    written (label 0). ``halves``: the two halves swapped at the sentence end nearest the
-    middle (the middle when there is none); ``words``: ``SHUFFLE_WINDOW`` tokens in the middle
-    shuffled."""
-    rng = np.random.default_rng(seed)
-    altered = rng.random(len(sequences)) < 0.5
-    out = []
-    for s, alter in zip(sequences, altered, strict=True):
-        s = np.asarray(s)
-        if not alter:
-            out.append(s)
-            continue
-        n = len(s)
-        if how == "halves":
-            boundaries = np.flatnonzero(ends[s[: n - 1]]) + 1  # cut after a sentence end
-            cut = int(boundaries[np.abs(boundaries - n / 2).argmin()]) if len(boundaries) \
-                else n // 2
-            out.append(np.concatenate([s[cut:], s[:cut]]))
-        else:
-            start = int(rng.integers(n // 4, max(n // 4 + 1, 3 * n // 4 - SHUFFLE_WINDOW)))
-            window = s[start : start + SHUFFLE_WINDOW]
-            shuffled = window[rng.permutation(len(window))]
-            if np.array_equal(shuffled, window):
-                shuffled = window[::-1]
-            out.append(np.concatenate([s[:start], shuffled, s[start + SHUFFLE_WINDOW :]]))
-    return out, altered.astype(np.int64)
-
-
 # --- the linear probe ----------------------------------------------------------------------
 
 
 def linear_probe(x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor,
                  weight_decay: float = 1e-3, max_iter: int = 200) -> float:
     """Validation accuracy of a linear readout fit on the training features."""
-    n_classes = int(max(y_train.max(), y_val.max())) + 1
-    readout = fit_readout(x_train, y_train, weight_decay, max_iter, n_classes)
-    return float((readout(x_val).argmax(1) == y_val).float().mean())
+    readout = fit_readout(x_train, y_train, weight_decay, max_iter)
+    return float((readout.predict(x_val) == y_val).float().mean())
 
 
 def score(features: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], name: str,
@@ -309,7 +243,7 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
         return {name: {s: features_of(fn, seqs, device) for s, seqs in sequences.items()}
                 for name, fn in feature_fns.items()}
 
-    steps = tqdm(total=4, desc="probes", disable=not progress, leave=False)
+    steps = tqdm(total=5, desc="probes", disable=not progress, leave=False)
     results = []
     factors = bins.factors()
     if factors:
@@ -334,6 +268,17 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
         results.append(score(features({s: altered[s][0] for s in splits}),
                              {s: torch.from_numpy(altered[s][1]) for s in splits},
                              f"order:{how}", "semantic"))
+    steps.update()
+
+    sentences = {s: [split_sentences(splits[s].document(d), ends) for d in docs[s]]
+                 for s in splits}
+    for name, make in probe_texts.DISCOURSE.items():
+        made = {s: make(sentences[s], block_size, seed + i) for i, s in enumerate(splits)}
+        if min(len(np.unique(labels)) for _, labels in made.values()) < 2:
+            continue  # too few stories of enough sentences for this probe
+        results.append(score(features({s: made[s][0] for s in splits}),
+                             {s: torch.from_numpy(made[s][1]) for s in splits},
+                             f"discourse:{name}", "discourse"))
     steps.update()
 
     if token_probes:
@@ -381,7 +326,7 @@ def probe_tokens(model: JEPA, random_model: JEPA, train_split, val_split, train_
         x_train, y_train = token_features(m, train_split, train_docs, block_size, device)
         x_val, y_val = token_features(m, val_split, val_docs, block_size, device)
         readout = fit_readout(x_train, y_train)
-        scores[name] = float((readout(x_val).argmax(1) == y_val).float().mean())
+        scores[name] = float((readout.predict(x_val) == y_val).float().mean())
         if hasattr(m, "predict"):
             lens[name] = decoder_lens_accuracy(m, readout, val_split, val_docs, block_size,
                                                MaskSampler(masking, seed), device)
@@ -392,26 +337,40 @@ def probe_tokens(model: JEPA, random_model: JEPA, train_split, val_split, train_
     return results
 
 
-def fit_readout(x: Tensor, y: Tensor, weight_decay: float = 1e-4, max_iter: int = 100,
-                n_classes: int | None = None):
-    """Multinomial logistic regression (L-BFGS, L2) on standardized features, returned as a
-    function from features to logits."""
-    n_classes = n_classes or int(y.max()) + 1
+class Readout:
+    """A fitted linear readout over the classes its training labels hold: ``logits`` over
+    those (``classes``), ``predict`` the class ids themselves."""
+
+    def __init__(self, mean: Tensor, std: Tensor, w: Tensor, b: Tensor, classes: Tensor):
+        self.mean, self.std, self.w, self.b, self.classes = mean, std, w, b, classes
+
+    def logits(self, features: Tensor) -> Tensor:
+        return ((features.cpu().float() - self.mean) / self.std) @ self.w + self.b
+
+    def predict(self, features: Tensor) -> Tensor:
+        return self.classes[self.logits(features).argmax(1)]
+
+
+def fit_readout(x: Tensor, y: Tensor, weight_decay: float = 1e-4,
+                max_iter: int = 100) -> Readout:
+    """Multinomial logistic regression (L-BFGS, L2) on standardized features, over the classes
+    that occur in ``y``: a class never seen in training cannot be predicted, and leaving it out
+    of the softmax makes the token readout over a large vocabulary several times cheaper."""
+    classes, targets = y.unique(return_inverse=True)
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
-    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
-    b = torch.zeros(n_classes, requires_grad=True)
+    w = torch.zeros(x.shape[1], len(classes), requires_grad=True)
+    b = torch.zeros(len(classes), requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, line_search_fn="strong_wolfe")
     xs = (x - mean) / std
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(xs @ w + b, y) + weight_decay * w.square().sum()
+        loss = F.cross_entropy(xs @ w + b, targets) + weight_decay * w.square().sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    w, b = w.detach(), b.detach()
-    return lambda features: ((features.cpu().float() - mean) / std) @ w + b
+    return Readout(mean, std, w.detach(), b.detach(), classes)
 
 
 @torch.no_grad()
@@ -424,7 +383,7 @@ def decoder_lens_accuracy(model: JEPA, readout, split, documents, block_size: in
         predictions, _ = model.predict(batch)
         valid = batch.target_valid
         truth = batch.tokens[batch.document[:, None], batch.target_positions][valid]
-        correct += int((readout(predictions[valid]).argmax(1) == truth.cpu()).sum())
+        correct += int((readout.predict(predictions[valid]) == truth.cpu()).sum())
         total += int(valid.sum())
     return correct / max(total, 1)
 
@@ -440,7 +399,7 @@ def decoder_lens_examples(model: JEPA, readout, vocab: data.Vocabulary, split, d
         valid = batch.target_valid[v]
         positions = batch.target_positions[v][valid]
         doc = batch.tokens[batch.document[v], : batch.lengths[batch.document[v]]]
-        guessed = readout(predictions[v][valid]).argmax(1)
+        guessed = readout.predict(predictions[v][valid])
         examples.append({
             "text": vocab.decode(doc.tolist()),
             "hidden": vocab.decode_tokens(doc[positions].tolist()),
@@ -457,6 +416,13 @@ def nearest_documents(features: Tensor, query: int, k: int = 5) -> list[tuple[in
     similarity[query] = -2
     top = similarity.topk(k)
     return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+
+
+def gain(results: list[ProbeResult], kind: str) -> float | None:
+    """The mean margin over the best baseline of the probes of one ``kind`` (``semantic``:
+    the semantic gain; ``discourse``: the discourse gain); None when there are none."""
+    margins = [r.margin for r in results if r.kind == kind]
+    return round(float(np.mean(margins)), 4) if margins else None
 
 
 def as_dicts(results: list[ProbeResult]) -> list[dict]:

@@ -35,7 +35,7 @@ from tjepa.config import CONFIG_DIR, ConfigError, check, dump_toml, from_dict, l
 from tjepa.data import DataConfig
 from tjepa.jepa import JEPA
 from tjepa.masking import MaskingConfig
-from tjepa.mlm import MaskedLM
+from tjepa.mlm import MaskedLM, MaskedLMJEPA
 from tjepa.model import ModelConfig
 from tjepa.monitor import MonitorConfig
 from tjepa.objective import ObjectiveConfig
@@ -193,7 +193,7 @@ def start_run_folder(run_dir: Path, config: RunConfig, vocab_meta: dict) -> None
 def build_model(config: RunConfig) -> JEPA | MaskedLM:
     """The run's model: the JEPA, or the masked-LM baseline when ``objective.name = "mlm"``.
     ``config.model.vocab_size`` must be resolved."""
-    kind = MaskedLM if config.objective.name == "mlm" else JEPA
+    kind = {"jepa": JEPA, "mlm": MaskedLM, "mlm+jepa": MaskedLMJEPA}[config.objective.name]
     return kind(config.model, config.objective)
 
 

@@ -113,13 +113,14 @@ def variant_row(name: str, overrides: list[str], runs: list[dict]) -> dict:
                        "random_init": float(np.mean(random_init)), "baselines": shortcuts,
                        "margin": float(np.mean(np.subtract(trained, best))),
                        "margins": [float(t - b) for t, b in zip(trained, best, strict=True)]})
-    gains = [rep["semantic_gain"] for rep in reports]
+    gains = {kind: [_gain(rep, kind) for rep in reports] for kind in GAIN_KINDS}
     validation = [[m for m in r["metrics"] if "val_loss" in m] for r in runs]
     final = [r["metrics"][-1] for r in runs]
     return {
         "variant": name, "overrides": overrides, "seeds": [r["seed"] for r in runs],
         "steps": reports[0]["step"], "probes": probes,
-        "semantic_gain": float(np.mean(gains)), "semantic_gain_std": float(np.std(gains)),
+        **{f"{kind}_gain": _mean(values) for kind, values in gains.items()},
+        **{f"{kind}_gain_std": _std(values) for kind, values in gains.items()},
         "final_loss": float(np.mean([m["loss"] for m in final])),
         "val_loss_first": float(np.mean([v[0]["val_loss"] for v in validation])),
         "val_loss_last": float(np.mean([v[-1]["val_loss"] for v in validation])),
@@ -135,13 +136,16 @@ def variant_row(name: str, overrides: list[str], runs: list[dict]) -> dict:
     }
 
 
-def sweep_table(rows: list[dict], brief: bool = False) -> str:
-    """Variants as rows: what was changed, the semantic probes (trained, with the margin over
-    their best baseline: the mean over seeds and, with several, the smallest), the semantic
-    gain, the validation loss and how far below the constant prediction's it lies, RankMe,
-    the target token share, the alarm and the step time. ``brief``: the probes, the gain and
-    the alarm only. The baselines follow as rows."""
-    names = [p["name"] for p in rows[0]["probes"] if p["kind"] == "semantic"]
+def sweep_table(rows: list[dict], brief: bool = False, kind: str = "semantic") -> str:
+    """Variants as rows: what was changed, the probes of ``kind`` (``semantic`` or
+    ``discourse``: trained, with the margin over their best baseline: the mean over seeds and,
+    with several, the smallest), that kind's gain, the validation loss and how far below the
+    constant prediction's it lies, RankMe, the target token share, the alarm and the step
+    time. ``brief``: the probes, the gain and the alarm only. The baselines follow as rows."""
+    names = [p["name"] for p in rows[0]["probes"] if p["kind"] == kind]
+    if not names:
+        raise ConfigError(f"the first variant's runs hold no {kind} probes: evaluate them "
+                          "again (delete their eval.json and rerun the sweep)")
     spread = lambda v, s, n: f"{v:+.3f}" + (f" ± {s:.3f}" if n > 1 else "")
 
     def cell(p: dict | None, seeds: int) -> str:
@@ -155,7 +159,8 @@ def sweep_table(rows: list[dict], brief: bool = False) -> str:
         found, seeds = {p["name"]: p for p in row["probes"]}, len(row["seeds"])
         cells = [row["variant"], f"{row['steps']} × {seeds}",
                  *(cell(found.get(n), seeds) for n in names),
-                 spread(row["semantic_gain"], row["semantic_gain_std"], seeds)]
+                 "—" if row[f"{kind}_gain"] is None else
+                 spread(row[f"{kind}_gain"], row[f"{kind}_gain_std"], seeds)]
         alarm = "yes" if row["collapse_alarm"] else "no"
         table.append([*cells, alarm] if brief else [
             cells[0], "; ".join(f"`{o}`" for o in row["overrides"]) or "—", *cells[1:],
@@ -177,13 +182,33 @@ def sweep_table(rows: list[dict], brief: bool = False) -> str:
                      [name, "baseline", "—", *values,
                       "—", "—", "—", "—", "—", "—", "—"])
     head = ["variant", "steps × seeds", *(f"{n} (margin)" for n in names),
-            "semantic gain (± std over seeds)"]
+            f"{kind} gain (± std over seeds)"]
     if brief:
         return markdown_table([*head, "alarm"], table)
     return markdown_table(
         [head[0], "overrides", *head[1:], "val loss first → last",
          "val loss below the constant's, first → last", "token RankMe", "target token share",
          "alarm", "s/step"], table)
+
+
+GAIN_KINDS = ("semantic", "discourse")
+
+
+def _gain(report: dict, kind: str) -> float | None:
+    """A run's gain of one kind: its eval.json's, or the mean margin of its probes of that
+    kind (an eval.json written before that kind had a gain of its own)."""
+    if report.get(f"{kind}_gain") is not None:
+        return report[f"{kind}_gain"]
+    margins = [p["trained"] - p["best_baseline"] for p in report["probes"] if p["kind"] == kind]
+    return float(np.mean(margins)) if margins else None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return None if None in values else float(np.mean(values))
+
+
+def _std(values: list[float | None]) -> float | None:
+    return None if None in values else float(np.std(values))
 
 
 def _share(value: float | None) -> str:
@@ -249,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the markers' name: <!-- NAME:start --> … <!-- NAME:end -->")
     parser.add_argument("--brief", action="store_true",
                         help="the table's probes, gain and alarm only (for a front page)")
+    parser.add_argument("--kind", default="semantic", choices=GAIN_KINDS,
+                        help="which probes the table shows, and whose gain")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     saved = Path(args.out) / "sweep.json"
@@ -264,10 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = sweep(variants, args.seeds, args.out, args.data, args.steps,
                          args.max_documents, args.random_inits, args.token_probes,
                          args.set)
+        table = sweep_table(rows, args.brief, args.kind)
     except ConfigError as e:
         print(f"tjepa.lab.sweep: error: {e}", file=sys.stderr)
         return 1
-    table = sweep_table(rows, args.brief)
     print(table)
     if args.readme:
         write_readme_table(args.readme, args.marker, table, command_line("tjepa.lab.sweep", argv))
