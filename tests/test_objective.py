@@ -79,3 +79,19 @@ def test_instance_norm_normalizes_each_document_alone_as_torch_does():
         expected = F.instance_norm(h[row, span].T[None])[0].T
         assert torch.allclose(out[row, span], expected, atol=1e-5)
     assert torch.isfinite(out).all()  # padding: no statistics of its own, no NaN
+
+
+def test_infonce_picks_each_prediction_s_own_target_among_the_valid_ones():
+    torch.manual_seed(0)
+    targets = torch.randn(2, 5, 16)
+    valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    right = prediction_loss(targets, targets, "infonce", valid, temperature=0.1)
+    constant = prediction_loss(targets.mean((0, 1)).expand_as(targets), targets, "infonce",
+                               valid, temperature=0.1)
+    assert right[valid].mean() < 0.1 < constant[valid].mean()  # near 0 against about log 8
+    assert torch.isfinite(right).all()
+    # what sits in a padding slot is never a candidate: the valid rows do not move
+    junk = targets.clone()
+    junk[1, 3:] = targets[0, :2]  # copies of other rows' targets, in padding
+    again = prediction_loss(targets, junk, "infonce", valid, temperature=0.1)
+    assert torch.allclose(again[valid], right[valid], atol=1e-6)

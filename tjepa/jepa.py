@@ -61,8 +61,8 @@ class JEPA(nn.Module):
         same result (``tjepa.packing``)."""
         predict = self.predict_packed if isinstance(batch, PackedBatch) else self.predict
         predictions, targets, context = predict(batch, return_context=True)
-        per_token = prediction_loss(predictions.float(), targets.float(), self.objective.loss)
         valid = batch.target_valid
+        per_token = self.score(predictions, targets, valid)
         regularizer = self.regularizer(context, batch.context_valid)
         return (per_token * valid).sum(), valid.sum(), regularizer
 
@@ -142,8 +142,13 @@ class JEPA(nn.Module):
         valid = batch.target_valid
         weight = valid.float()[..., None]
         mean = (targets.float() * weight).flatten(0, -2).sum(0) / weight.sum().clamp(min=1)
-        per_token = prediction_loss(mean.expand_as(targets), targets.float(), self.objective.loss)
+        per_token = self.score(mean.expand_as(targets), targets, valid)
         return (per_token * valid).sum()
+
+    def score(self, predictions: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+        """The objective's per-token loss (V, P) where ``valid``, in float32."""
+        return prediction_loss(predictions.float(), targets.float(), self.objective.loss, valid,
+                               self.objective.temperature)
 
     def _target_grad(self) -> torch.set_grad_enabled:
         """Gradients through the targets only for SIGReg without stop-gradient."""

@@ -21,7 +21,7 @@ from tjepa.attention import attention_groups, attention_mask
 from tjepa.jepa import JEPA
 from tjepa.masking import MaskedBatch
 from tjepa.model import Encoder, ModelConfig, init_weights
-from tjepa.objective import ObjectiveConfig, prediction_loss
+from tjepa.objective import ObjectiveConfig
 
 
 @dataclass
@@ -138,9 +138,9 @@ class MaskedLMJEPA(JEPA):
                                         reduction="none").view_as(masked.truth)
         predictions = self.predictor(context, batch.context_positions, batch.target_positions,
                                      attention_mask(attention_groups(batch), backend))
-        regression = prediction_loss(predictions.float(), targets.float(), self.objective.loss)
-        per_token = cross_entropy + self.objective.jepa_weight * regression
         valid = batch.target_valid
+        regression = self.score(predictions, targets, valid)
+        per_token = cross_entropy + self.objective.jepa_weight * regression
         regularizer = self.regularizer(context, batch.context_valid)
         return (per_token * valid).sum(), valid.sum(), regularizer
 

@@ -29,7 +29,7 @@ from torch import Tensor
 from tjepa.config import check
 
 ObjectiveName = Literal["jepa", "mlm", "mlm+jepa"]
-LossKind = Literal["smooth_l1", "l2", "cosine"]
+LossKind = Literal["smooth_l1", "l2", "cosine", "infonce"]
 AntiCollapse = Literal["ema", "sigreg", "vicreg"]
 TargetKind = Literal["last", "blocks"]
 BlockNorm = Literal["instance", "layer"]
@@ -79,12 +79,14 @@ class ObjectiveConfig:
     vicreg_variance_weight: float = 1.0
     vicreg_covariance_weight: float = 0.04
     jepa_weight: float = 1.0  # mlm+jepa: λ, the JEPA loss's weight beside the masked LM's
+    temperature: float = 0.1  # infonce: the softmax's temperature over cosine similarities
     target: TargetKind = "last"
     target_blocks: int = 0
     target_block_norm: BlockNorm = "instance"
     share_embeddings: bool = False
 
     def __post_init__(self) -> None:
+        check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         check(self.target_blocks >= 0, f"target_blocks must be >= 0, got {self.target_blocks}")
         check(not self.share_embeddings or self.uses_ema,
               "share_embeddings needs a target encoder of its own (anti_collapse ema or "
@@ -110,13 +112,31 @@ class ObjectiveConfig:
         return self.anti_collapse in ("ema", "vicreg")
 
 
-def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind) -> Tensor:
-    """Per-token loss (V, P): smooth L1 and L2 averaged over the embedding, or 1 − cosine."""
+def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind,
+                    valid: Tensor | None = None, temperature: float = 0.1) -> Tensor:
+    """Per-token loss (V, P) of predictions and targets (V, P, D): smooth L1 and L2 averaged
+    over the embedding, 1 − cosine, or ``infonce``.
+
+    ``infonce`` scores each prediction as a choice among the batch's targets (where ``valid``
+    (V, P)): the cross-entropy of its own target under a softmax over cosine similarities /
+    ``temperature`` (CPC; wav2vec 2.0, Baevski et al. 2020, §3.2, with the other targets as
+    distractors). A regression's best guess under uncertainty is the mean of the plausible
+    targets, which keeps little of any one of them; a choice among candidates has no such cap.
+    """
     if kind == "smooth_l1":
         return F.smooth_l1_loss(predictions, targets, reduction="none").mean(-1)
     if kind == "l2":
         return F.mse_loss(predictions, targets, reduction="none").mean(-1)
-    return 1 - F.cosine_similarity(predictions, targets, dim=-1)
+    if kind == "cosine":
+        return 1 - F.cosine_similarity(predictions, targets, dim=-1)
+    if valid is None:
+        raise ValueError("infonce needs the valid targets: its candidates")
+    shape = valid.shape
+    p = F.normalize(predictions.flatten(0, -2).float(), dim=-1)  # (M, D)
+    t = F.normalize(targets.flatten(0, -2).float(), dim=-1)
+    # padding slots are no candidates; a finite fill keeps a batch without targets finite
+    logits = (p @ t.T / temperature).masked_fill(~valid.flatten()[None, :], -1e4)  # (M, M)
+    return (torch.logsumexp(logits, dim=-1) - torch.diagonal(logits)).view(shape)
 
 
 def instance_norm(h: Tensor, segment: Tensor, eps: float = 1e-5) -> Tensor:

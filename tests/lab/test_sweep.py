@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tests.helpers import TINY
@@ -74,3 +75,12 @@ def test_a_variant_row_matches_probes_by_name_across_seeds():
     assert [p["name"] for p in row["probes"]] == ["order:halves"]
     assert row["probes"][0]["trained"] == pytest.approx(0.8)
     assert row["probes"][0]["margins"] == pytest.approx([0.4, 0.2])
+
+
+def test_spearman_ranks_ties_together_and_skips_missing_values():
+    assert sweep.spearman([1, 2, 3, 4], [2, 4, 6, 90]) == pytest.approx(1.0)
+    assert sweep.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties share their mean rank: ranks (0.5, 0.5, 2, 3) against (0, 1, 2, 3)
+    assert sweep.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert sweep.spearman([1, float("nan"), 2, 3], [1, 5, 2, 3]) == pytest.approx(1.0)
+    assert np.isnan(sweep.spearman([1, 2], [1, 2]))  # too few runs to rank

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +194,75 @@ def sweep_table(rows: list[dict], brief: bool = False, kind: str = "semantic") -
 GAIN_KINDS = ("semantic", "discourse")
 
 
+def _last(run: dict, key: str) -> float:
+    found = [m[key] for m in run["metrics"] if key in m]
+    return float(found[-1]) if found else float("nan")
+
+
+def _gap(run: dict, relative: bool = False) -> float:
+    validated = [m for m in run["metrics"] if "val_constant_loss" in m]
+    if not validated:
+        return float("nan")
+    last = validated[-1]
+    gap = last["val_constant_loss"] - last["val_loss"]
+    return gap / last["val_constant_loss"] if relative else gap
+
+
+# numbers a run shows without labels: could one tell a user the run is learning?
+LABEL_FREE: dict[str, Callable[[dict], float]] = {
+    "token RankMe (target encoder)": lambda run: _last(run, "rankme"),
+    "document RankMe (target encoder)": lambda run: _last(run, "rankme_doc"),
+    "token RankMe (context encoder)": lambda run: _last(run, "context_rankme"),
+    "val loss below the constant's": _gap,
+    "the same, relative to the constant's": lambda run: _gap(run, relative=True),
+    "target token share": lambda run: run["report"].get("target_token_share", float("nan")),
+}
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties share their mean rank); NaN pairs left out."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if len(x) < 3:
+        return float("nan")
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for value in np.unique(v):  # ties: their mean rank
+            tied = v == value
+            r[tied] = r[tied].mean()
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def label_free_table(out: Path, objective: str = "jepa") -> str:
+    """Across every run of the sweep in ``out`` whose objective is ``objective``, each
+    label-free number's rank correlation with the semantic and the discourse gain."""
+    found = [read_run(out / f"{v['name']}-seed{s}", s) for v in saved_variants(out)
+             for s in v["seeds"]]
+    found = [r for r in found if r["report"].get("objective", "jepa") == objective]
+    gains = {kind: [_gain(r["report"], kind) for r in found] for kind in GAIN_KINDS}
+    gains = {k: [np.nan if g is None else g for g in v] for k, v in gains.items()}
+    rows = []
+    for name, measure in LABEL_FREE.items():
+        values = [measure(r) for r in found]
+        rows.append([name, *(_rho(spearman(values, gains[k])) for k in GAIN_KINDS),
+                     str(int(np.sum(~np.isnan(values))))])
+    return markdown_table(["label-free number (at the run's end)",
+                           *(f"ρ with the {k} gain" for k in GAIN_KINDS), "runs"], rows)
+
+
+def _rho(value: float) -> str:
+    return "—" if np.isnan(value) else f"{value:+.2f}"
+
+
 def _gain(report: dict, kind: str) -> float | None:
     """A run's gain of one kind: its eval.json's, or the mean margin of its probes of that
     kind (an eval.json written before that kind had a gain of its own)."""
@@ -276,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the table's probes, gain and alarm only (for a front page)")
     parser.add_argument("--kind", default="semantic", choices=GAIN_KINDS,
                         help="which probes the table shows, and whose gain")
+    parser.add_argument("--label-free", action="store_true",
+                        help="instead: each label-free number's rank correlation with the "
+                             "gains, over the sweep's JEPA runs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     saved = Path(args.out) / "sweep.json"
@@ -291,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = sweep(variants, args.seeds, args.out, args.data, args.steps,
                          args.max_documents, args.random_inits, args.token_probes,
                          args.set)
-        table = sweep_table(rows, args.brief, args.kind)
+        table = (label_free_table(Path(args.out)) if args.label_free
+                 else sweep_table(rows, args.brief, args.kind))
     except ConfigError as e:
         print(f"tjepa.lab.sweep: error: {e}", file=sys.stderr)
         return 1
