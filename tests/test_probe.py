@@ -111,3 +111,15 @@ def test_token_share_is_one_for_a_code_of_the_word_and_near_zero_for_noise():
 
     assert probe.token_share(targets(_Lookup(noise=False)), stories) > 0.999
     assert probe.token_share(targets(_Lookup(noise=True)), stories) < 0.05
+
+
+def test_features_come_back_in_the_sequences_order_though_batched_by_length():
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(1, 50, int(n)) for n in rng.integers(3, 90, 130)]
+
+    def sums(tokens, lengths):  # what each padded row holds, padding left out
+        valid = torch.arange(tokens.shape[1]) < lengths[:, None]
+        return torch.stack([(tokens * valid).sum(1).float(), lengths.float()], dim=1)
+
+    expected = torch.tensor([[float(s.sum()), float(len(s))] for s in sequences])
+    assert torch.equal(probe.features_of(sums, sequences, batch_size=16), expected)

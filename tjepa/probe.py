@@ -138,12 +138,15 @@ def length_features(tokens: Tensor, lengths: Tensor) -> Tensor:
 
 def features_of(feature_fn, sequences: list[np.ndarray], device: str = "cpu",
                 batch_size: int = 64) -> Tensor:
-    """``feature_fn(tokens, lengths)`` over token sequences, in padded batches: (N, D)."""
+    """``feature_fn(tokens, lengths)`` over token sequences, in padded batches: (N, D), in the
+    sequences' order. Batched in order of length, so that little of a batch is padding."""
+    order = np.argsort([len(s) for s in sequences], kind="stable")
     out = []
     for start in range(0, len(sequences), batch_size):
-        tokens, lengths = pad(sequences[start : start + batch_size])
+        tokens, lengths = pad([sequences[i] for i in order[start : start + batch_size]])
         out.append(feature_fn(tokens.to(device), lengths.to(device)).cpu())
-    return torch.cat(out)
+    features = torch.cat(out)
+    return features[torch.from_numpy(np.argsort(order, kind="stable"))]
 
 
 def pair_features(a: Tensor, b: Tensor) -> Tensor:
