@@ -13,6 +13,7 @@ from tjepa.objective import (
     instance_norm,
     prediction_loss,
     sigreg,
+    span_means,
     vicreg_terms,
 )
 
@@ -95,3 +96,35 @@ def test_infonce_picks_each_prediction_s_own_target_among_the_valid_ones():
     junk[1, 3:] = targets[0, :2]  # copies of other rows' targets, in padding
     again = prediction_loss(targets, junk, "infonce", valid, temperature=0.1)
     assert torch.allclose(again[valid], right[valid], atol=1e-6)
+
+
+def test_span_means_average_each_span_and_mark_where_it_starts():
+    x = torch.arange(6.0).view(1, 6, 1)
+    span = torch.tensor([[0, 0, 1, 1, 1, -1]])
+    means, first, length = span_means(x, span)
+    assert means[0, :5, 0].tolist() == [0.5, 0.5, 3.0, 3.0, 3.0]
+    assert first[0].tolist() == [True, False, True, False, False, False]
+    assert length[0, :5].tolist() == [2, 2, 3, 3, 3]
+
+
+def test_span_targets_score_each_span_s_mean_once_weighed_by_its_length():
+    from tests.helpers import SMALL_MODEL
+    from tjepa.jepa import JEPA
+
+    torch.manual_seed(0)
+    targets = torch.randn(1, 5, 8)
+    span = torch.tensor([[0, 0, 1, 1, 1]])
+    # the right mean in every span, the wrong token everywhere: only the words are off
+    predictions = span_means(targets, span)[0]
+    only = JEPA(SMALL_MODEL, ObjectiveConfig(loss="l2", span_targets="only"))
+    also = JEPA(SMALL_MODEL, ObjectiveConfig(loss="l2", span_targets="also"))
+    per_token = JEPA(SMALL_MODEL, ObjectiveConfig(loss="l2"))
+    assert float(only.score(predictions, targets, span).sum()) == pytest.approx(0, abs=1e-6)
+    token_loss = per_token.score(predictions, targets, span)
+    assert float(token_loss.sum()) > 0
+    assert torch.allclose(also.score(predictions, targets, span), token_loss, atol=1e-6)
+    # a span's loss sits at its first slot, times its length
+    off = torch.zeros_like(targets)
+    expected = torch.tensor([2 * float(span_means(targets, span)[0][0, 0].square().mean()), 0,
+                             3 * float(span_means(targets, span)[0][0, 2].square().mean()), 0, 0])
+    assert torch.allclose(only.score(off, targets, span)[0], expected, atol=1e-5)

@@ -12,6 +12,7 @@ them and updates the target encoder with ``update_target``.
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from tjepa.objective import (
     anti_collapse_term,
     instance_norm,
     prediction_loss,
+    span_means,
 )
 from tjepa.packing import PackedBatch
 
@@ -62,7 +64,7 @@ class JEPA(nn.Module):
         predict = self.predict_packed if isinstance(batch, PackedBatch) else self.predict
         predictions, targets, context = predict(batch, return_context=True)
         valid = batch.target_valid
-        per_token = self.score(predictions, targets, valid)
+        per_token = self.score(predictions, targets, target_spans(batch))
         regularizer = self.regularizer(context, batch.context_valid)
         return (per_token * valid).sum(), valid.sum(), regularizer
 
@@ -142,13 +144,24 @@ class JEPA(nn.Module):
         valid = batch.target_valid
         weight = valid.float()[..., None]
         mean = (targets.float() * weight).flatten(0, -2).sum(0) / weight.sum().clamp(min=1)
-        per_token = self.score(mean.expand_as(targets), targets, valid)
+        per_token = self.score(mean.expand_as(targets), targets, target_spans(batch))
         return (per_token * valid).sum()
 
-    def score(self, predictions: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
-        """The objective's per-token loss (V, P) where ``valid``, in float32."""
-        return prediction_loss(predictions.float(), targets.float(), self.objective.loss, valid,
-                               self.objective.temperature)
+    def score(self, predictions: Tensor, targets: Tensor, span: Tensor) -> Tensor:
+        """The objective's loss (V, P), in float32, at the targets where ``span`` (V, P) >= 0:
+        per token, and per span when ``span_targets`` asks (each span's loss at its first
+        slot, times its length)."""
+        objective, valid = self.objective, span >= 0
+        loss = partial(prediction_loss, kind=objective.loss, temperature=objective.temperature)
+        per_token = torch.zeros_like(span, dtype=torch.float32)
+        if objective.span_targets != "only":
+            per_token = loss(predictions.float(), targets.float(), valid=valid)
+        if objective.span_targets != "off":
+            pooled_predictions, first, length = span_means(predictions, span)
+            pooled_targets, _, _ = span_means(targets, span)
+            per_span = loss(pooled_predictions, pooled_targets, valid=first)  # candidates: spans
+            per_token = per_token + torch.where(first, per_span * length, 0.0)
+        return per_token
 
     def _target_grad(self) -> torch.set_grad_enabled:
         """Gradients through the targets only for SIGReg without stop-gradient."""
@@ -171,6 +184,15 @@ class JEPA(nn.Module):
             self._ema_pairs = ([t for t, _ in pairs], [o for _, o in pairs])
         targets, online = self._ema_pairs
         torch._foreach_lerp_(targets, online, 1.0 - momentum)
+
+
+def target_spans(batch: MaskedBatch | PackedBatch) -> Tensor:
+    """Which span each target slot belongs to (-1: none): the padded batch's own numbering;
+    packed rows keep no span numbers (``span_targets`` needs padded batches), only which slots
+    are targets."""
+    if isinstance(batch, PackedBatch):
+        return torch.where(batch.target_valid, 0, -1)
+    return batch.target_span
 
 
 def encode_documents(encoder: Encoder, tokens: Tensor, lengths: Tensor,

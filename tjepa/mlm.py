@@ -139,7 +139,7 @@ class MaskedLMJEPA(JEPA):
         predictions = self.predictor(context, batch.context_positions, batch.target_positions,
                                      attention_mask(attention_groups(batch), backend))
         valid = batch.target_valid
-        regression = self.score(predictions, targets, valid)
+        regression = self.score(predictions, targets, batch.target_span)
         per_token = cross_entropy + self.objective.jepa_weight * regression
         regularizer = self.regularizer(context, batch.context_valid)
         return (per_token * valid).sum(), valid.sum(), regularizer

@@ -33,6 +33,7 @@ LossKind = Literal["smooth_l1", "l2", "cosine", "infonce"]
 AntiCollapse = Literal["ema", "sigreg", "vicreg"]
 TargetKind = Literal["last", "blocks"]
 BlockNorm = Literal["instance", "layer"]
+SpanTargets = Literal["off", "only", "also"]
 Reduce = Callable[[Tensor], Tensor]  # sums a statistic over the rows other processes hold
 
 
@@ -64,6 +65,11 @@ class ObjectiveConfig:
       the last layer; a block's own output does not, so these targets are less a code of the
       hidden word and more what the context made of it.
 
+    ``span_targets``: ``only`` scores each target span once, its predictions' mean against its
+    targets' mean (weighed by its length, so every target token counts as much as before);
+    ``also`` adds that to the per-token loss; ``off``, the per-token loss alone. A span's mean
+    keeps what its tokens share — what the span is about — and averages away the exact words.
+
     ``share_embeddings``: the target encoder reads the context encoder's token embedding table
     (data2vec's ``ema_transformer_layers_only``): the EMA then moves only the blocks, and the
     targets follow learned word embeddings, not an average of their random start.
@@ -84,6 +90,7 @@ class ObjectiveConfig:
     target_blocks: int = 0
     target_block_norm: BlockNorm = "instance"
     share_embeddings: bool = False
+    span_targets: SpanTargets = "off"
 
     def __post_init__(self) -> None:
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
@@ -153,6 +160,22 @@ def instance_norm(h: Tensor, segment: Tensor, eps: float = 1e-5) -> Tensor:
     centred = x - mean[ids]
     var = x.new_zeros(n * t, d).index_add_(0, ids, centred.square() * weight) / count
     return (centred * torch.rsqrt(var[ids] + eps)).view(n, t, d)
+
+
+def span_means(x: Tensor, span: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each slot's span mean of x (V, P, D), where ``span`` (V, P) numbers each view's spans
+    (packed one after another; -1: padding); also which slots start a span (V, P) and each
+    slot's span length (V, P)."""
+    v, p, d = x.shape
+    ids = (torch.arange(v, device=x.device)[:, None] * p + span.clamp(min=0)).flatten()
+    weight = (span >= 0).flatten().float()[:, None]
+    sums = x.new_zeros(v * p, d, dtype=torch.float32).index_add_(
+        0, ids, x.flatten(0, 1).float() * weight)
+    counts = weight.new_zeros(v * p, 1).index_add_(0, ids, weight)
+    means = (sums / counts.clamp(min=1))[ids].view(v, p, d)
+    previous = F.pad(span, (1, 0), value=-1)[:, :-1]
+    first = (span >= 0) & (span != previous)
+    return means, first, counts[ids].view(v, p)
 
 
 def anti_collapse_term(config: ObjectiveConfig, embeddings: Tensor, valid: Tensor) -> Tensor:

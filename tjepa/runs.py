@@ -104,6 +104,9 @@ class RunConfig:
               f"objective.target_blocks ({self.objective.target_blocks}) must be at most "
               f"model.depth ({self.model.depth})")
         length = self.train.pack_length
+        check(self.objective.span_targets == "off" or length == 0,
+              f"objective.span_targets = {self.objective.span_targets!r} takes padded batches: "
+              f"set train.pack_length = 0 (it is {length})")
         check(self.objective.name == "jepa" or length == 0,
               f"objective.name = {self.objective.name!r} takes padded batches: set "
               f"train.pack_length = 0 (it is {length})")
