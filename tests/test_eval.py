@@ -33,7 +33,7 @@ def test_eval_scores_every_probe_against_random_init_and_the_shortcuts(tiny_run)
         assert 0 <= p["trained"] <= 1 and 0 <= p["random_init"] <= 1
         # the baseline of a document probe is the mean of two twins, with its spread
         assert (p["random_init_std"] is not None) == (p["kind"] != "information")
-        shortcuts = p["kind"] in ("semantic", "lexical", "nonlinear")
+        shortcuts = p["kind"] in ("semantic", "discourse", "lexical", "nonlinear")
         assert set(p["baselines"]) == (set(probe.SHORTCUTS) if shortcuts else set())
     hero = next(p for p in report["probes"] if p["name"] == "factor:hero")
     # a name is a word: a bag of words reads it
@@ -41,6 +41,10 @@ def test_eval_scores_every_probe_against_random_init_and_the_shortcuts(tiny_run)
     semantic = [p["trained"] - p["best_baseline"] for p in report["probes"]
                 if p["kind"] == "semantic"]
     assert report["semantic_gain"] == pytest.approx(sum(semantic) / len(semantic), abs=1e-4)
+    discourse = [p["trained"] - p["best_baseline"] for p in report["probes"]
+                 if p["kind"] == "discourse"]
+    assert discourse and report["discourse_gain"] == pytest.approx(
+        sum(discourse) / len(discourse), abs=1e-4)
     assert (Path(report["checkpoint"]).name, report["step"]) == ("last.pt", 8)
     assert report["rankme"] > 0
     assert 0 < report["target_token_share"] <= 1
