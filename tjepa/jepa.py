@@ -113,8 +113,7 @@ class JEPA(nn.Module):
     def document_targets(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """``target_features`` of whole padded documents (B, T) → (B, T, D): what the
         predictor regresses at every token."""
-        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-        segment = torch.where(positions < lengths[:, None], 0, -1)
+        positions, segment = document_layout(tokens, lengths)
         return self.target_features(tokens, positions, segment,
                                     attention_mask(segment, self.config.attention))
 
@@ -195,12 +194,18 @@ def target_spans(batch: MaskedBatch | PackedBatch) -> Tensor:
     return batch.target_span
 
 
+def document_layout(tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Padded whole documents (B, T): each token's position (B, T) and its segment (B, T): 0,
+    one document per row, or -1 past ``lengths`` (padding)."""
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+    return positions, torch.where(positions < lengths[:, None], 0, -1)
+
+
 def encode_documents(encoder: Encoder, tokens: Tensor, lengths: Tensor,
                      backend: str = "sdpa") -> Tensor:
     """An encoder on whole documents (B, T) with padding masked: (B, T, D)."""
-    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-    groups = torch.where(positions < lengths[:, None], 0, -1)
-    return encoder(tokens, positions, attention_mask(groups, backend))
+    positions, segment = document_layout(tokens, lengths)
+    return encoder(tokens, positions, attention_mask(segment, backend))
 
 
 def mean_pool(h: Tensor, lengths: Tensor) -> Tensor:

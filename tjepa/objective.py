@@ -141,41 +141,44 @@ def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind,
     shape = valid.shape
     p = F.normalize(predictions.flatten(0, -2).float(), dim=-1)  # (M, D)
     t = F.normalize(targets.flatten(0, -2).float(), dim=-1)
+    # M is every slot, a packed row's context slots too: they are masked out as candidates,
+    # but the (M, M) matrix is built whole, so memory grows with the square of the slots
     # padding slots are no candidates; a finite fill keeps a batch without targets finite
     logits = (p @ t.T / temperature).masked_fill(~valid.flatten()[None, :], -1e4)  # (M, M)
     return (torch.logsumexp(logits, dim=-1) - torch.diagonal(logits)).view(shape)
+
+
+def segment_means(x: Tensor, segment: Tensor) -> tuple[Tensor, Tensor]:
+    """Each slot's mean of x (N, T, D), in float32, over the slots of its row that share its
+    ``segment`` id (N, T), and how many slots that is (N, T); slots with ids < 0 (padding)
+    count in no mean. The one segment sum behind ``instance_norm`` and ``span_means``."""
+    n, t, d = x.shape
+    ids = (torch.arange(n, device=x.device)[:, None] * t + segment.clamp(min=0)).flatten()
+    weight = (segment >= 0).flatten().float()[:, None]
+    sums = x.new_zeros(n * t, d, dtype=torch.float32).index_add_(
+        0, ids, x.flatten(0, 1).float() * weight)
+    counts = weight.new_zeros(n * t, 1).index_add_(0, ids, weight)
+    return (sums / counts.clamp(min=1))[ids].view(n, t, d), counts[ids].view(n, t)
 
 
 def instance_norm(h: Tensor, segment: Tensor, eps: float = 1e-5) -> Tensor:
     """Each feature of h (N, T, D) centred and scaled over the tokens of its sequence: the
     tokens of a row with the same ``segment`` id (N, T); ids < 0 (padding) are left out of the
     statistics. ``F.instance_norm`` on one unpadded document; padded and packed rows alike."""
-    n, t, d = h.shape
-    x = h.float().flatten(0, 1)  # (N·T, D)
-    valid = (segment >= 0).flatten()
-    ids = (torch.arange(n, device=h.device)[:, None] * t + segment.clamp(min=0)).flatten()
-    weight = valid.to(x.dtype)[:, None]
-    count = x.new_zeros(n * t, 1).index_add_(0, ids, weight).clamp(min=1)
-    mean = x.new_zeros(n * t, d).index_add_(0, ids, x * weight) / count
-    centred = x - mean[ids]
-    var = x.new_zeros(n * t, d).index_add_(0, ids, centred.square() * weight) / count
-    return (centred * torch.rsqrt(var[ids] + eps)).view(n, t, d)
+    mean, _ = segment_means(h, segment)
+    centred = h.float() - mean
+    var, _ = segment_means(centred.square(), segment)
+    return centred * torch.rsqrt(var + eps)
 
 
 def span_means(x: Tensor, span: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Each slot's span mean of x (V, P, D), where ``span`` (V, P) numbers each view's spans
     (packed one after another; -1: padding); also which slots start a span (V, P) and each
     slot's span length (V, P)."""
-    v, p, d = x.shape
-    ids = (torch.arange(v, device=x.device)[:, None] * p + span.clamp(min=0)).flatten()
-    weight = (span >= 0).flatten().float()[:, None]
-    sums = x.new_zeros(v * p, d, dtype=torch.float32).index_add_(
-        0, ids, x.flatten(0, 1).float() * weight)
-    counts = weight.new_zeros(v * p, 1).index_add_(0, ids, weight)
-    means = (sums / counts.clamp(min=1))[ids].view(v, p, d)
+    means, counts = segment_means(x, span)
     previous = F.pad(span, (1, 0), value=-1)[:, :-1]
     first = (span >= 0) & (span != previous)
-    return means, first, counts[ids].view(v, p)
+    return means, first, counts
 
 
 def anti_collapse_term(config: ObjectiveConfig, embeddings: Tensor, valid: Tensor) -> Tensor:
