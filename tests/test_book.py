@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tjepa.lab.book import build_book, inline_markdown
+from tjepa.lab.book import build_book, inline_markdown, page_exporter
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -57,6 +57,24 @@ def test_book_has_a_page_per_chapter_linked_from_the_index(book):
     # every chapter draws at least one figure but 03, which prints shapes and checks sums
     assert all(c.figures > 0 for c in chapters if not c.page.startswith("03"))
     assert all((out / c.source.name).exists() for c in chapters)  # the executed notebooks
+
+
+def test_a_page_folds_solutions_and_shows_log_lines_as_plain_output():
+    import nbformat.v4 as v4
+    from nbclient import NotebookClient
+
+    notebook = v4.new_notebook(cells=[
+        v4.new_markdown_cell("# 00 · A chapter"),
+        v4.new_code_cell("import sys\nprint('829 parameters on cpu', file=sys.stderr)"),
+        v4.new_code_cell("answer = 6 * 7\nassert answer == 42", metadata={"tags": ["solution"]}),
+        v4.new_code_cell("print('not an answer')")])
+    NotebookClient(notebook, kernel_name="python3").execute()
+    page, _ = page_exporter().from_notebook_node(notebook)
+    # the log line is plain text output, not the stderr box that reads as an error
+    assert 'data-mime-type="application/vnd.jupyter.stderr"' not in page
+    assert re.search(r'data-mime-type="text/plain"[^>]*>\s*<pre>829 parameters on cpu', page)
+    folded = re.findall(r'<details class="tjepa-solution">(.*?)</details>', page, re.S)
+    assert len(folded) == 1 and "answer" in folded[0] and "not an answer" not in folded[0]
 
 
 @pytest.fixture

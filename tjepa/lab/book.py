@@ -26,12 +26,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+from jinja2 import DictLoader
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from nbconvert import HTMLExporter
 from tqdm import tqdm
 
 TITLE = "tjepa · the walkthrough"
+SOLUTION_TAG = "solution"  # a code cell that answers an exercise: folded on the page
+# JupyterLab's page, with two changes: a solution cell sits folded in a <details> block, so the
+# reader tries the exercise first; and text on stderr (the training loop's log lines) shows as
+# plain output, not in the red box that reads as an error (errors keep theirs).
+PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{% block codecell %}
+{%- if '""" + SOLUTION_TAG + """' in cell.metadata.get('tags', []) -%}
+<details class="tjepa-solution"><summary>Solution (try the exercise first)</summary>
+{{ super() }}
+</details>
+{%- else -%}
+{{ super() }}
+{%- endif -%}
+{%- endblock codecell %}
+{% block stream_stderr -%}
+{{ self.stream_stdout() }}
+{%- endblock stream_stderr %}
+"""
 
 
 @dataclass
@@ -44,6 +63,7 @@ class Chapter:
     summary: str
     seconds: float
     figures: int  # image outputs (figures) the executed notebook holds
+    solutions: int  # code cells tagged ``solution``: the exercises' checked answers
 
 
 class BookError(RuntimeError):
@@ -76,6 +96,18 @@ def count_figures(notebook: nbformat.NotebookNode) -> int:
                if any(kind.startswith("image/") for kind in output.get("data", {})))
 
 
+def count_solutions(notebook: nbformat.NotebookNode) -> int:
+    """Code cells tagged ``solution``: one per exercise, each checking itself with an assert."""
+    return sum(1 for cell in notebook.cells if cell.cell_type == "code"
+               and SOLUTION_TAG in cell.get("metadata", {}).get("tags", []))
+
+
+def page_exporter() -> HTMLExporter:
+    """nbconvert's JupyterLab page with the book's changes (``PAGE_TEMPLATE``)."""
+    return HTMLExporter(extra_loaders=[DictLoader({"tjepa_book.html.j2": PAGE_TEMPLATE})],
+                        template_file="tjepa_book.html.j2")
+
+
 def inline_markdown(text: str) -> str:
     """Escape a summary and keep its inline code, bold and italics: the Markdown it needs."""
     text = html.escape(text)
@@ -105,7 +137,8 @@ def _index_page(chapters: list[Chapter], smoke: bool) -> str:
     items = "\n".join(
         f'<li><a href="{c.page}">{html.escape(c.title)}</a><br>'
         f'{inline_markdown(c.summary)}<br><small>ran in {c.seconds:.0f} s · '
-        f'{c.figures} figure{"s" if c.figures != 1 else ""}</small></li>'
+        f'{c.figures} figure{"s" if c.figures != 1 else ""} · '
+        f'{c.solutions} exercise{"s" if c.solutions != 1 else ""}</small></li>'
         for c in chapters)
     built = time.strftime("%Y-%m-%d %H:%M %Z")
     return f"""<!DOCTYPE html>
@@ -157,14 +190,15 @@ def build_book(notebooks: str | Path, out: str | Path, smoke: bool = False,
             title, summary = chapter_title(notebook)
             executed.append((notebook, Chapter(source, f"{source.stem}.html", title or source.stem,
                                                summary, time.perf_counter() - start,
-                                               count_figures(notebook))))
+                                               count_figures(notebook),
+                                               count_solutions(notebook))))
     finally:
         if saved is None:
             os.environ.pop("TJEPA_SMOKE", None)
         else:
             os.environ["TJEPA_SMOKE"] = saved
     chapters = [chapter for _, chapter in executed]
-    exporter = HTMLExporter(template_name="lab")
+    exporter = page_exporter()
     for index, (notebook, chapter) in enumerate(executed):
         body, _ = exporter.from_notebook_node(notebook)
         navigation = _navigation(chapters, index)
