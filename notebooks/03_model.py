@@ -17,20 +17,36 @@
 # %% [markdown]
 # # 03 · The model: encoder, predictor, and one JEPA step
 #
-# `tjepa/model.py` holds two networks, both bidirectional pre-norm transformers that take
-# positions as an input (rotary embeddings at arbitrary positions):
+# **You will learn** what the three networks of a JEPA are, what each one sees, how one loss is
+# computed from them, and why the predictor's attention mask makes one pass over all target
+# spans the same as one pass per span. **Before you start:** chapter 02 (views, target spans,
+# the predictor's attention mask); a transformer block (attention, MLP, residual, pre-norm);
+# I-JEPA's method, Assran et al. 2023, §3.
 #
-# - the **Encoder** (token embedding → blocks → norm), used twice: as the context encoder
-#   (trained) and as the target encoder (its exponential moving average, `tjepa/jepa.py`);
+# ## The question
+# A view hides some spans of a document. What should a network predict about them? A masked
+# LM (BERT, Devlin et al. 2019, §3.1) predicts the hidden *words*: a softmax over the whole
+# vocabulary at every hidden token. A JEPA predicts the hidden text's *embedding*, as another
+# network computes it from the whole document. The hope (I-JEPA §1) is that an embedding can
+# keep what the context settles — who acts, what happens next — and leave out what it does not
+# (which of several synonyms, the exact spelling), so that no capacity goes into guessing the
+# unguessable.
+#
+# ## The three networks
+# `tjepa/model.py` holds two architectures, both bidirectional pre-norm transformers that take
+# each token's position as an input (rotary embeddings at arbitrary positions):
+#
+# - the **Encoder** (token embedding → blocks → norm), used twice: as the **context encoder**,
+#   which reads only the view's context tokens and is trained by gradients, and as the
+#   **target encoder**, which reads the whole document and is the context encoder's
+#   exponential moving average (`tjepa/jepa.py`; chapter 04 says why it must not be trained);
 # - the **Predictor**: context embeddings projected to a narrower width, one learnable mask
 #   token per target position, blocks, norm, projection back to the encoder's width.
 #
-# Why predict *embeddings* of the hidden text rather than the text? A masked LM must name each
-# hidden token among thousands, spending capacity on spelling and on choices the context
-# cannot settle. The target encoder's embedding of a hidden span can keep what the context
-# does settle (who acts, what happens next) and leave out what it does not. The price is a
-# shortcut: if every embedding were the same vector, the prediction would be perfect. Chapter
-# 04 shows that collapse; the slowly moving target encoder and the regularizer prevent it.
+# The loss compares the predictor's outputs at the mask tokens with the target encoder's
+# embeddings at the same positions, layer-normed. The price of predicting embeddings is a
+# shortcut a masked LM does not have: if every embedding were the same vector, the prediction
+# would be perfect. Chapter 04 shows that collapse, and what prevents it.
 
 # %% tags=["parameters"]
 import os
@@ -150,6 +166,12 @@ print(f"constant prediction: {float(trivial):.3f}; untrained predictor: {float(b
 assert 0.35 < float(trivial) < 0.5
 
 # %% [markdown]
+# That level is the yardstick of every JEPA run: `val_constant_loss` in a run's metrics is the
+# loss of the best constant prediction (the targets' mean), and a run learns only as far as its
+# validation loss gets below it. When the targets are mostly a code of the hidden word, the gap
+# stays small even for a good predictor; chapter 07 works out why.
+
+# %% [markdown]
 # ## The same step with no padding
 # Every view above is a row padded to the widest view, so many of the slots the networks
 # compute on are padding. `tjepa.packing.pack` lays each pass out in rows of `L` slots with
@@ -171,3 +193,111 @@ with torch.no_grad():
 print(f"loss padded {float(loss_sum / n_targets):.6f}   packed {float(packed_sum / packed_n):.6f}")
 assert torch.allclose(loss_sum / n_targets, packed_sum / packed_n, atol=1e-5)
 assert padding_share(packed) < padding_share(batch)
+
+# %% [markdown]
+# ## What one shared pass saves
+# A view has several target spans. The predictor could run once per span, each time over the
+# context and that span's mask tokens: with `C` context tokens and spans of lengths `s₁ … s_K`,
+# that is `K·C + Σ sₖ` token slots and `Σ (C + sₖ)²` attention scores. The packed input runs
+# once over `C + Σ sₖ` slots and the attention mask blocks span-to-span scores, so each span's
+# predictions are the ones its own pass would give (exercise 2 checks this), for one pass over
+# the context instead of `K`. Here is the count for this batch:
+
+# %%
+spans_per_view = [int(g.max()) for g in attention_groups(batch)]  # spans are numbered 1..K
+context_sizes = batch.context_valid.sum(1).tolist()
+target_sizes = batch.target_valid.sum(1).tolist()
+per_span = sum(k * c + t for k, c, t in zip(spans_per_view, context_sizes, target_sizes,
+                                            strict=True))
+shared = sum(c + t for c, t in zip(context_sizes, target_sizes, strict=True))
+print(f"{sum(spans_per_view)} spans in {len(spans_per_view)} views: {per_span:,} token slots "
+      f"with one pass per span, {shared:,} with one shared pass ({per_span / shared:.1f}×)")
+assert shared <= per_span
+
+# %% [markdown]
+# ## Summary
+#
+# - The **context encoder** reads the context tokens at their own positions; the **target
+#   encoder**, an EMA copy that gradients never reach, reads the whole document.
+# - The **predictor** reads the context embeddings plus one shared mask token per target
+#   position; rotary position embeddings are all that tells a mask token where it is.
+# - The loss is smooth L1 between the predictions and the layer-normed target embeddings, over
+#   real target tokens; the constant prediction's loss is the level to beat.
+# - The attention mask (context never sees targets, a span sees only itself and the context)
+#   makes one packed pass equal to one pass per span, for a fraction of the work; packing rows
+#   end to end removes the padding too.
+#
+# ## References
+#
+# - Assran et al. 2023, *Self-Supervised Learning from Images with a Joint-Embedding Predictive
+#   Architecture* (I-JEPA): §3 (context and target encoders, the predictor with mask tokens and
+#   positional embeddings, the loss on the target encoder's outputs).
+# - Bardes et al. 2024, *Revisiting Feature Prediction for Learning Visual Representations from
+#   Video* (V-JEPA): §3.1 (the L1 regression to EMA targets used here).
+# - Baevski et al. 2022, *data2vec*: §3.3 (targets from a teacher that sees the whole input; the
+#   layer-normed targets and the alternatives `objective.target` offers).
+# - Su et al. 2021, *RoFormer*: §3.4 (rotary embeddings; the relative-position property the
+#   cell above checks).
+# - Devlin et al. 2019, *BERT*: §3.1 (the masked LM this chapter contrasts with).
+#
+# ## Exercises
+#
+# Each exercise is answered by the folded cell below it, which checks itself. Try it first.
+#
+# **1. A context token cannot see a target.** Prove it with the predictor itself: change the
+# mask tokens' input to anything at all and show that the predictor's outputs at the context
+# slots do not move. (Hint: reuse `x`, `positions` and the mask from the written-out pass.)
+
+# %% tags=["solution"]
+C = context.shape[1]
+n_views, n_slots = batch.target_positions.shape
+mask = attention_mask(attention_groups(batch), config.attention)
+with torch.no_grad():
+    inputs = torch.cat([predictor.embed(context),
+                        predictor.mask_token.expand(n_views, n_slots, -1)], dim=1)
+    scrambled = inputs.clone()
+    scrambled[:, C:] = 100 * torch.randn_like(scrambled[:, C:])  # anything at the target slots
+    before = predictor.transformer(inputs, positions, mask)
+    after = predictor.transformer(scrambled, positions, mask)
+assert torch.allclose(before[:, :C], after[:, :C], atol=1e-5)  # context: not moved at all
+assert not torch.allclose(before[:, C:], after[:, C:], atol=1e-3)  # targets: they did change
+print("the context slots' outputs ignore whatever sits at the target slots")
+
+# %% [markdown]
+# **2. One span alone.** Run the predictor on the first view's context and the mask tokens of
+# its first span only (no other span, no padding), and show that its predictions equal the
+# shared pass's predictions for that span.
+
+# %% tags=["solution"]
+view = 0
+groups = attention_groups(batch)[view]  # (C + P,): 0 context, k the k-th span, -1 padding
+C = context.shape[1]
+real_context = groups[:C] == 0
+first_span = (groups[C:] == 1).nonzero().squeeze(1)  # the first span's target slots
+with torch.no_grad():
+    alone_input = torch.cat([predictor.embed(context[view, real_context])[None],
+                             predictor.mask_token.expand(1, len(first_span), -1)], dim=1)
+    alone_positions = torch.cat([batch.context_positions[view, real_context],
+                                 batch.target_positions[view, first_span]])[None]
+    alone_groups = torch.cat([torch.zeros(int(real_context.sum()), dtype=torch.long),
+                              torch.ones(len(first_span), dtype=torch.long)])[None]
+    alone = predictor.transformer(alone_input, alone_positions,
+                                  attention_mask(alone_groups, config.attention))
+    alone = predictor.head(alone[:, -len(first_span):])[0]  # (s, D)
+assert torch.allclose(alone, predictions[view, first_span], atol=1e-5)
+print(f"a span of {len(first_span)} tokens: its own pass and the shared pass agree")
+
+# %% [markdown]
+# **3. The target encoder learns by no gradient.** Compute the loss of one step, call
+# `backward()`, and show that every context-encoder and predictor parameter has a gradient
+# and no target-encoder parameter has one.
+
+# %% tags=["solution"]
+model.zero_grad()
+loss_sum, n_targets, anti_collapse = model(batch)
+(loss_sum / n_targets + anti_collapse).backward()
+trained = [p for net in (model.context_encoder, model.predictor) for p in net.parameters()
+           if p.requires_grad]  # all but the rotary frequencies, which are fixed
+assert trained and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+assert all(p.grad is None for p in model.target_encoder.parameters())
+print("gradients reach the context encoder and the predictor, never the target encoder")
