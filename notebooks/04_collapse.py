@@ -15,19 +15,28 @@
 # ---
 
 # %% [markdown]
-# # 04 · Collapse: watching for it, and seeing it happen
+# # 04 · Collapse: why it threatens, why it mostly does not happen, and how to see it
 #
-# A JEPA can lower its loss by making every embedding alike (complete collapse) or by
-# squeezing them into a few directions (dimensional collapse). `tjepa/monitor.py` measures both
-# encoders on a fixed held-out batch during training: **RankMe** (effective rank) of tokens and
-# of mean-pooled documents, **std** of normalized embeddings, and **SIGReg**. The alarm rests on
-# RankMe, because std misses dimensional collapse, and judges it twice: against a fixed line
-# (a tenth of the width) and against the run's own peak (a fall below half of it), which
-# catches a partial collapse that stays above any fixed line.
+# **You will learn** why a JEPA can lower its loss by learning nothing, why the stop-gradient
+# and the slowly moving target encoder take away that shortcut's pull, how RankMe sees a
+# collapse that the loss hides, and which of a run's own numbers say, with no labels, that
+# it is learning. **Before you start:** chapter 03 (the three networks and the loss); a
+# singular value decomposition; BYOL, Grill et al. 2020, §3; SimSiam, Chen & He 2021, §4–5.
 #
-# Two runs: the default config (EMA target with VICReg's variance and covariance terms,
-# healthy) and `configs/collapse_demo.toml` (no EMA, a tiny
-# predictor, a high learning rate; 400 steps), which collapses on purpose.
+# ## The question
+# The predictor regresses the target encoder's embeddings. If every embedding were one and the
+# same vector, the predictor could output it everywhere and the loss would be zero. Nothing
+# in the loss says the embeddings must differ between documents. So why does a JEPA learn
+# anything at all?
+#
+# Two kinds of failure have names: **complete collapse**, every embedding alike, and
+# **dimensional collapse**, embeddings that differ but only along a few directions of the
+# space. `tjepa/monitor.py` measures both encoders on a fixed held-out batch during training:
+# **RankMe** (effective rank) of tokens and of mean-pooled documents, the **std** of
+# normalized embeddings, and **SIGReg** (how far the embeddings are from an isotropic
+# Gaussian). The alarm rests on RankMe, because std misses dimensional collapse, and judges
+# it twice: against a fixed line (a tenth of the width) and against the run's own peak (a fall
+# below half of it), which catches a partial collapse that stays above any fixed line.
 
 # %% tags=["parameters"]
 import os
@@ -85,6 +94,61 @@ for x in (healthy, plane):
 print(f"by hand: healthy {rankme_by_hand(healthy):.1f}, plane {rankme_by_hand(plane):.2f}")
 
 # %% [markdown]
+# ## Why the stop-gradient matters: one derivative
+# Take a linear encoder `W`, two noisy views of the same latent (the context and the target),
+# and the best linear predictor `A` for that encoder. Scale the encoder by `α` and ask how the
+# loss changes as `α` moves away from 1: the slope `dL/dα` is the gradient's pull towards a
+# smaller encoder, that is, towards collapse.
+#
+# - If the gradient also flows through the targets, the loss is `α²·L`, so `dL/dα = 2L > 0`:
+#   shrinking the encoder *always* lowers the loss, and gradient descent walks towards zero.
+# - With the targets held fixed (the stop-gradient), `dL/dα = 2·E⟨p, p − t⟩` for predictions
+#   `p` and targets `t`. For the least-squares predictor the residual `t − p` is orthogonal to
+#   every linear function of the context, `p` included, so the slope is 0: shrinking buys
+#   nothing.
+
+# %%
+g = torch.Generator().manual_seed(1)
+latent = torch.randn(4096, 32, generator=g)
+context_view = latent + 0.5 * torch.randn(4096, 32, generator=g)
+target_view = latent + 0.5 * torch.randn(4096, 32, generator=g)
+W = torch.randn(32, 8, generator=g) / 32**0.5  # a linear encoder to 8 dimensions
+A = torch.linalg.lstsq(context_view @ W, target_view @ W).solution  # the best predictor
+
+
+def slope(stop_gradient: bool) -> tuple[float, float]:
+    """The loss and its derivative with respect to the encoder's scale α, at α = 1."""
+    alpha = torch.ones((), requires_grad=True)
+    predictions = (alpha * context_view @ W) @ A
+    targets = alpha * target_view @ W
+    if stop_gradient:
+        targets = targets.detach()
+    loss = (predictions - targets).square().sum(1).mean()
+    (derivative,) = torch.autograd.grad(loss, alpha)
+    return float(loss), float(derivative)
+
+
+through, through_slope = slope(stop_gradient=False)
+stopped, stopped_slope = slope(stop_gradient=True)
+print(f"gradient through the targets: L = {through:.4f}, dL/dα = {through_slope:+.4f} (= 2L)")
+print(f"stop-gradient:                L = {stopped:.4f}, dL/dα = {stopped_slope:+.4f}")
+assert math.isclose(through_slope, 2 * through, rel_tol=1e-4)
+assert abs(stopped_slope) < 1e-3 * through
+
+# %% [markdown]
+# That is BYOL's and SimSiam's argument in one line, and its limit is visible too: it holds for
+# a predictor near its optimum and targets that stay put while the encoder moves. The **EMA
+# target encoder** provides the second: it is an average of recent context encoders, so within
+# a step the context encoder cannot drag its targets along, and the predictor, trained every
+# step, keeps up with targets that change slowly (BYOL §3.2 and its ablations; DirectPred,
+# Tian et al. 2021, §3, makes the predictor's role exact for linear networks). It is an
+# argument for why collapse is not *favoured*, not a proof that it cannot happen. The demo
+# below collapses with the stop-gradient still on: its predictor is tiny, far from optimal, and
+# its targets move as fast as the encoder (momentum 0). tjepa's default adds VICReg's variance
+# and covariance terms (Bardes et al. 2022, §4.1) as a second guard, because EMA alone lost rank
+# on tinytales (docs/results.md).
+
+# %% [markdown]
 # ## A healthy run and a collapsing one
 
 # %%
@@ -120,3 +184,95 @@ print(f"collapse demo: RankMe down to {min(collapse_rankme):.1f}, "
 assert min(healthy_rankme) > alarm.rankme_line and healthy_run["collapse_alarm_step"] is None
 assert min(collapse_rankme) < alarm.rankme_line and collapse_run["collapse_alarm_step"] is not None
 assert any(r.get("collapse_alarm") for r in metrics["collapse demo"])
+
+# %% [markdown]
+# ## Is it learning? The run's own numbers
+# A healthy RankMe says the run has not collapsed; it does not say the run learns anything
+# useful (a random-init encoder has a high RankMe). The number tied to learning is the gap
+# between the validation loss and the loss of the best constant prediction
+# (`val_constant_loss`, chapter 03): the part of the targets the predictor reads from the
+# context. A collapsed run drives both losses towards zero together, so the gap, not the loss,
+# is what to watch. How well each label-free number tracks what the probes of chapter 06
+# measure, over many runs, is in docs/experiments.md.
+
+# %%
+validation = [r for r in metrics["default"] if "val_loss" in r]
+for r in validation:
+    print(f"step {r['step']:4d}: validation loss {r['val_loss']:.4f}, constant "
+          f"{r['val_constant_loss']:.4f}, gap {r['val_constant_loss'] - r['val_loss']:+.4f}")
+assert validation, "the run validates at its end"
+
+# %% [markdown]
+# ## Summary
+#
+# - Regressing embeddings has a trivial solution: every embedding alike. RankMe (effective
+#   rank) and std watch for it; RankMe also catches dimensional collapse, which std misses.
+# - With the gradient through the targets, shrinking the encoder always lowers the loss. The
+#   stop-gradient removes that pull for a near-optimal predictor; the EMA target keeps the
+#   targets still enough for that to hold. VICReg's terms are a second, explicit guard.
+# - The alarm fires on a fixed RankMe line or on a fall below half the run's peak. A collapsing
+#   run's loss looks *better*; the gap below the constant prediction does not.
+#
+# ## References
+#
+# - Grill et al. 2020, *Bootstrap Your Own Latent* (BYOL): §3.1–3.2 (the EMA target network and
+#   the predictor), §5 (ablations: without the predictor or with a fast target, it collapses).
+# - Chen & He 2021, *Exploring Simple Siamese Representation Learning* (SimSiam): §4 (the
+#   stop-gradient is what prevents collapse), §5 (the alternating-optimization hypothesis).
+# - Tian, Chen & Ganguli 2021, *Understanding Self-Supervised Learning Dynamics without
+#   Contrastive Pairs* (DirectPred): §3 (why the predictor and stop-gradient avoid collapse).
+# - Bardes, Ponce & LeCun 2022, *VICReg*: §4.1 (the variance and covariance terms).
+# - Garrido et al. 2023, *RankMe*: §3 (effective rank as a label-free quality measure).
+# - Balestriero & LeCun 2025, *LeJEPA*: §4 (SIGReg, the isotropic-Gaussian test).
+#
+# ## Exercises
+#
+# **1. Rescue the demo with one key.** `configs/collapse_demo.toml` has no EMA, a tiny
+# predictor and a high learning rate. Add back VICReg's terms
+# (`objective.anti_collapse="vicreg"`) and nothing else, train it for as many steps as the
+# demo above, and show that the alarm stays quiet where the demo's fired.
+
+# %% tags=["solution"]
+rescued_config = runs.load_config(
+    "../configs/collapse_demo.toml",
+    [*common, f"train.max_steps={COLLAPSE_STEPS}", "monitor.stop_on_alarm=false",
+     'objective.anti_collapse="vicreg"'])
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    rescued = train.train(rescued_config, Path(OUT) / "rescued", progress=not SMOKE)
+rescued_rankme = [r["rankme"] for r in runs.read_metrics(Path(OUT) / "rescued") if "rankme" in r]
+print(f"with VICReg's terms: RankMe ≥ {min(rescued_rankme):.1f}, alarm at "
+      f"{rescued['collapse_alarm_step']}; without: alarm at {collapse_run['collapse_alarm_step']}")
+assert rescued["collapse_alarm_step"] is None and min(rescued_rankme) > alarm.rankme_line
+
+# %% [markdown]
+# **2. The alarm's second rule.** A run of width 128 logs a token RankMe of 60, then 50, then
+# 25 (its documents stay healthy). The fixed line is 12.8, which 25 never crosses. Does the
+# alarm fire, and at which measurement? Answer with `monitor.CollapseAlarm`.
+
+# %% tags=["solution"]
+watch = monitor.CollapseAlarm(monitor.MonitorConfig(), width=128)
+fired = []
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    for step, value in [(100, 60.0), (200, 50.0), (300, 25.0)]:
+        if watch.check({"rankme": value, "std": 0.08, "rankme_doc": 40.0}, step):
+            fired.append(step)
+assert watch.rankme_line == 12.8 and fired == [300] and watch.tripped_at == 300
+print("fires at step 300: 25 is below half the peak of 60, though above the line of 12.8")
+
+# %% [markdown]
+# **3. What RankMe counts.** Build 2,000 embeddings in 64 dimensions that use exactly `k = 5`
+# orthogonal directions with equal energy, and show that RankMe is 5. Then give one direction
+# ten times the energy of the others and show that RankMe falls, though the rank is still 5.
+
+# %% tags=["solution"]
+directions = torch.linalg.qr(torch.randn(64, 5, generator=g)).Q.T  # (5, 64), orthonormal
+codes = torch.randn(2000, 5, generator=g)
+codes = codes / codes.norm(dim=0)  # equal energy in each direction
+even = codes @ directions
+uneven = (codes * torch.tensor([10.0, 1, 1, 1, 1])) @ directions
+print(f"equal energy: RankMe {monitor.rankme(even):.2f}; one direction ×10: "
+      f"{monitor.rankme(uneven):.2f}; matrix rank {int(torch.linalg.matrix_rank(uneven))}")
+assert abs(monitor.rankme(even) - 5) < 0.1
+assert monitor.rankme(uneven) < 3 and int(torch.linalg.matrix_rank(uneven)) == 5
