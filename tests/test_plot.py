@@ -56,3 +56,26 @@ def test_mask_denoiser_view_changes_with_its_controls():
     assert html_a != html_b and "rate=0.50" in html_b
     assert html_s.count("font-weight:bold") == 15  # the last quarter of 60 tokens
     assert len(fig_a.axes) == 1
+
+
+def test_margins_figure_draws_each_runs_margin_over_its_own_best_baseline():
+    from tjepa.probe import ProbeResult
+
+    def results(trained):
+        return [ProbeResult("a", "semantic", trained=trained, random_init=0.5,
+                            baselines={"bag_of_words": 0.6}),
+                ProbeResult("b", "discourse", trained=0.4, random_init=0.5),
+                ProbeResult("c", "lexical", trained=0.9, random_init=0.5)]
+
+    fig = plot.margins_figure({"jepa": results(0.7), "mlm": results(0.55)})
+    bars = fig.axes[0].patches
+    assert [round(b.get_height(), 3) for b in bars] == [0.1, -0.1, -0.05, -0.1]  # c: lexical
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b"]
+    matplotlib.pyplot.close(fig)
+
+
+def test_signal_cap_figure_draws_a_line_per_criterion():
+    fig = plot.signal_cap_figure([1, 10, 100], {"regression": [1, 0.1, 0.01],
+                                                "cross-entropy": [1, 0.75, 0.5]})
+    assert [line.get_label() for line in fig.axes[0].lines] == ["regression", "cross-entropy"]
+    matplotlib.pyplot.close(fig)

@@ -230,3 +230,45 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, Sequence[dict]]) ->
     axes[1, 1].set_title("seconds per step (equal steps: compare compute)")
     fig.tight_layout()
     return fig
+
+
+def margins_figure(results_by_run: dict[str, Sequence], kinds: Sequence[str] = ("semantic",
+                                                                             "discourse")
+                   ) -> Figure:
+    """Each run's margin over its own best baseline, probe by probe, for the probes of
+    ``kinds`` that every run holds: runs side by side, 0 the line a probe must clear."""
+    runs = list(results_by_run)
+    by_name = {run: {r.name: r for r in results} for run, results in results_by_run.items()}
+    first = results_by_run[runs[0]]
+    names = [r.name for r in first if r.kind in kinds and all(r.name in by_name[run]
+                                                              for run in runs)]
+    x = np.arange(len(names))
+    width = 0.8 / max(1, len(runs))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
+    for i, run in enumerate(runs):
+        margins = [by_name[run][n].trained - by_name[run][n].best_baseline for n in names]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, margins, width=width, label=run)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("margin over the best baseline")
+    ax.legend()
+    ax.set_title("what each objective's frozen embeddings make linearly readable")
+    fig.tight_layout()
+    return fig
+
+
+def signal_cap_figure(perplexities: Sequence[float], shares: dict[str, Sequence[float]]
+                      ) -> Figure:
+    """The share of the constant prediction's loss that the best prediction saves, against the
+    predictive perplexity, one line per criterion (``shares``: name → values)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in shares.items():
+        ax.plot(perplexities, values, marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("predictive perplexity (plausible words at a hidden position)")
+    ax.set_ylabel("share of the constant's loss saved")
+    ax.legend()
+    ax.set_title("what a perfect predictor can gain")
+    fig.tight_layout()
+    return fig
