@@ -17,13 +17,33 @@
 # %% [markdown]
 # # 02 · Masking: UL2 denoisers
 #
-# A *view* of a document splits its tokens into **context** (what the context encoder reads)
-# and **target spans** (what the predictor must predict, in embedding space). Which split is
-# drawn comes from a mixture of UL2 denoisers (`tjepa/masking.py`):
+# **You will learn** what a view of a document is, which three kinds of view UL2's denoisers
+# draw and what each asks of the encoder, how a view becomes tensors, and the attention rule
+# that keeps a prediction honest. **Before you start:** chapter 01 (token bins, whole
+# documents); UL2, Tay et al. 2022, §3.1 (the mixture of denoisers); I-JEPA, Assran et al.
+# 2023, §3 (context and target blocks).
 #
-# - **R** (regular): short spans, low rate — local infilling;
-# - **X** (extreme): long spans or a high rate — much from little;
-# - **S** (sequential): the end of the document from its beginning.
+# ## The question
+# A JEPA learns by predicting a hidden part of a document from the rest. *Which* part it hides
+# decides what it must learn. Hide one word in ten and the neighbours nearly give it away: the
+# encoder learns local syntax. Hide half the story in long runs and it must know how stories
+# go. Hide the end and it must know what happens next. No single choice teaches all three, so
+# tjepa, like UL2, draws each view from a **mixture**.
+#
+# A *view* of a document splits its tokens into **context** (what the context encoder reads)
+# and **target spans** (what the predictor must predict, in embedding space). The denoisers
+# (`tjepa/masking.py`, rates and spans from `configs/masking/ul2.toml`):
+#
+# - **R** (regular): short spans at a low rate (15 % of tokens in spans of 3 or 8) — local
+#   infilling, BERT's and T5's regime; the context nearly settles the answer.
+# - **X** (extreme): long spans (64) or a high rate (50 %) — much from little; the encoder must
+#   carry what a story is about across long gaps.
+# - **S** (sequential): the last quarter of the document from everything before it — a prefix
+#   LM's task, continuation; UL2 draws it as often as R and X together.
+#
+# UL2 (§3.1.2) found that a model trained on the mix does well at what each denoiser alone
+# trains for. For a JEPA the mix has a second use: each denoiser sets a different predictive
+# uncertainty, and chapter 07 shows how much that uncertainty weighs on a regression's signal.
 
 # %% tags=["parameters"]
 import os
@@ -157,3 +177,76 @@ widgets.interact(
     mean_span=widgets.FloatSlider(value=5, min=1, max=64, step=1, description="span length"),
     seed=widgets.IntSlider(value=0, min=0, max=100, description="seed"),
 );
+
+# %% [markdown]
+# ## Summary
+#
+# - A view is a context and target spans over one document; `MaskSampler` draws one denoiser
+#   per view from the mixture, all views of a batch at once (no Python loop per view).
+# - R asks for local infilling, X for much from little, S for the end from the beginning.
+# - The predictor's attention rule: context sees context, a span sees the context and itself,
+#   padding sees itself. Context never sees a target; no span sees another.
+#
+# ## References
+#
+# - Tay et al. 2022, *UL2: Unifying Language Learning Paradigms*: §3.1.1 (R, X and S
+#   denoisers), §3.1.2 (the mixture and its rates), §5 (what the mix buys).
+# - Assran et al. 2023, *I-JEPA*: §3 (several target blocks per context, predicted in one pass).
+# - Raffel et al. 2020, *T5*: §3.3 (span corruption: rates and span lengths).
+#
+# ## Exercises
+#
+# **1. A denoiser of your own.** Hide every third sentence (the 3rd, 6th, …) of the first
+# story: write the target positions from the tokens alone (a sentence ends at a token holding
+# `.`, `!` or `?`), draw the view with `plot.masking_html`, and check that the hidden tokens
+# are a third of the sentences, each span contiguous and ending a sentence.
+
+# %% tags=["solution"]
+import numpy as np  # noqa: E402
+
+words = token_strings[0]
+ends = [i for i, w in enumerate(words) if any(mark in w for mark in ".!?")]
+starts = [0, *[e + 1 for e in ends[:-1]]]
+sentences = list(zip(starts, ends, strict=True))  # (first token, last token) of each
+hidden = sentences[2::3]
+roles = np.full(len(words), -1)  # context
+for span, (first, last) in enumerate(hidden):
+    roles[first : last + 1] = span
+display(HTML(plot.masking_html(words, roles, "every third sentence")))
+targets = np.flatnonzero(roles >= 0)
+assert len(hidden) == len(sentences) // 3
+assert all(np.all(np.diff(np.flatnonzero(roles == k)) == 1) for k in range(len(hidden)))
+assert all(any(mark in words[last] for mark in ".!?") for _, last in hidden)
+print(f"{len(hidden)} of {len(sentences)} sentences hidden: {len(targets)} of {len(words)} tokens")
+
+# %% [markdown]
+# **2. S is a suffix of the right size.** In the 8-view batch `many`, show that every S view's
+# targets are the last quarter of its document (within a token of `0.25 × length`).
+
+# %% tags=["solution"]
+suffix = [d.kind == "suffix" for d in config.denoisers]
+checked = 0
+for v in range(len(many.document)):
+    if not suffix[int(many.denoiser[v])]:
+        continue
+    n = int(many.lengths[many.document[v]])
+    targets = many.target_positions[v][many.target_valid[v]]
+    assert abs(len(targets) - 0.25 * n) <= 1 and int(targets[-1]) == n - 1
+    checked += 1
+assert checked > 0
+print(f"{checked} S views: each hides the last quarter of its story")
+
+# %% [markdown]
+# **3. One extreme denoiser.** Build a mixture of a single X denoiser, half the tokens in spans
+# of 16 (`Denoiser("X-0.5-16", rate=0.5, mean_span=16)`), draw 4 views of 256 training
+# documents, and show that the measured target rate and mean span match.
+
+# %% tags=["solution"]
+from tjepa.masking import Denoiser  # noqa: E402
+
+extreme = MaskingConfig(denoisers=[Denoiser("X-0.5-16", rate=0.5, mean_span=16)], views=4)
+views = MaskSampler(extreme, seed=2)(*bins.split("train").batch(np.arange(256), block_size=192))
+measured = span_statistics(views, extreme)["X-0.5-16"]
+print(f"target rate {measured['target_rate']:.3f}, mean span {measured['mean_span']:.1f}")
+assert abs(measured["target_rate"] - 0.5) < 0.03
+assert 10 < measured["mean_span"] < 22

@@ -59,6 +59,21 @@ def test_book_has_a_page_per_chapter_linked_from_the_index(book):
     assert all((out / c.source.name).exists() for c in chapters)  # the executed notebooks
 
 
+def test_every_chapter_page_has_its_exercises_with_folded_solutions(book):
+    out, chapters = book
+    assert len(chapters) == 7
+    index = (out / "index.html").read_text()
+    for chapter in chapters:
+        page = (out / chapter.page).read_text()
+        assert chapter.solutions >= 2, chapter.page
+        assert f"{chapter.solutions} exercises" in index
+        assert page.count('id="Exercises"') == 1, chapter.page
+        folded = re.findall(r'<details class="tjepa-solution"><summary>', page)
+        assert len(folded) == chapter.solutions, chapter.page
+        # a log line on stderr reads as output, not as an error box
+        assert 'data-mime-type="application/vnd.jupyter.stderr"' not in page, chapter.page
+
+
 def test_a_page_folds_solutions_and_shows_log_lines_as_plain_output():
     import nbformat.v4 as v4
     from nbclient import NotebookClient

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("0*.py"))
 
 
-def test_there_are_six_chapters_each_a_pair():
-    assert [p.stem[:2] for p in SOURCES] == ["01", "02", "03", "04", "05", "06"]
+def test_there_are_seven_chapters_each_a_pair():
+    assert [p.stem[:2] for p in SOURCES] == ["01", "02", "03", "04", "05", "06", "07"]
     for source in SOURCES:
         assert source.with_suffix(".ipynb").exists(), source
 
@@ -47,3 +47,18 @@ def test_notebook_imports_tjepa_and_carries_no_outputs(source):
     for cell in notebook["cells"]:
         if cell["cell_type"] == "code":
             assert cell["outputs"] == [] and cell["execution_count"] is None
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_every_chapter_teaches_goals_prerequisites_references_and_checked_exercises(source):
+    notebook = json.loads(source.with_suffix(".ipynb").read_text())
+    prose = "\n".join("".join(c["source"]) for c in notebook["cells"]
+                      if c["cell_type"] == "markdown")
+    for heading in ("**You will learn**", "**Before you start:**", "## Summary",
+                    "## References", "## Exercises"):
+        assert heading in prose, f"{source.name} has no {heading}"
+    solutions = [c for c in notebook["cells"] if c["cell_type"] == "code"
+                 and "solution" in c["metadata"].get("tags", [])]
+    assert len(solutions) >= 2, f"{source.name}: {len(solutions)} exercises"
+    for cell in solutions:  # each solution checks itself
+        assert "assert " in "".join(cell["source"]), "".join(cell["source"])[:80]
