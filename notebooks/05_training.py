@@ -17,6 +17,23 @@
 # %% [markdown]
 # # 05 · Training on TinyStories
 #
+# **You will learn** what one training run does step by step (the loop of `tjepa/train.py`),
+# which schedules move the learning rate, the weight decay and the target encoder's momentum,
+# how to read a run's curves and throughput, and how a run stops and resumes exactly. **Before
+# you start:** chapters 03 (one JEPA step) and 04 (collapse and the EMA target); AdamW,
+# Loshchilov & Hutter 2019, §2; I-JEPA, Assran et al. 2023, Appendix A (the schedules used
+# here).
+#
+# ## The question
+# Chapters 03 and 04 built one step and the guards around it. What turns that step into a run
+# that learns? Three schedules and a loop. The learning rate warms up linearly, then follows a
+# cosine to `min_lr`: a warm-up keeps the first, noisy gradients from throwing the weights
+# far, and the cosine settles them. The weight decay rises along a cosine from `weight_decay`
+# to `final_weight_decay`. The EMA momentum rises linearly from `ema_momentum` to
+# `final_ema_momentum` (1.0): early on the target encoder follows the context encoder closely,
+# because both are still far from good; late it barely moves, so the targets hold still while
+# the predictor and encoder fine-tune against them. All three are I-JEPA's.
+#
 # The full run goes through exactly the code path of `python -m tjepa.train`: a config, the
 # loop in `tjepa/train.py`, a run folder with metrics and checkpoints. Which config depends on
 # where this notebook runs:
@@ -129,3 +146,75 @@ print(f"loss {losses[0]:.4f} → {losses[-1]:.4f}; best validation {summary['bes
 assert losses[-1] < losses[0]
 assert summary["collapse_alarm_step"] is None
 assert (Path(OUT) / "best.pt").exists() and (Path(OUT) / "config.toml").exists()
+
+# %% [markdown]
+# ## Summary
+#
+# - `python -m tjepa.train --config FILE` and `train.train(config, run_dir)` are one code path:
+#   a resolved `config.toml`, `metrics.jsonl`, `last.pt` and `best.pt` in the run folder.
+# - Each step: masks drawn on the batch thread, one forward and backward pass, an AdamW step
+#   under the learning-rate and weight-decay schedules, then the EMA update of the target.
+# - The momentum rises to 1 over the run, so the targets settle as the model does.
+# - A stopped run resumes from `last.pt` on the very losses the straight run would log.
+#
+# ## References
+#
+# - Assran et al. 2023, *I-JEPA*: Appendix A (the cosine learning rate with warm-up, the
+#   weight-decay schedule, the EMA momentum from 0.996 to 1.0).
+# - Grill et al. 2020, *BYOL*: §3.2 (the target network's momentum and its increase to 1).
+# - Loshchilov & Hutter 2019, *Decoupled Weight Decay Regularization*: §2 (AdamW).
+# - Karpathy, nanoGPT, `train.py` (a training loop that reads top to bottom).
+#
+# ## Exercises
+#
+# **1. The schedules, written out.** Write the learning rate and the momentum at a step from the
+# config alone (the formulas above), and check them against what the run logged: a record at
+# step `s` holds the values of the step just taken, `s − 1`.
+
+# %% tags=["solution"]
+import math  # noqa: E402
+
+optim, total = config.optim, config.train.max_steps
+
+
+def lr_at(step: int) -> float:
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    progress = (step - optim.warmup_steps) / max(1, total - optim.warmup_steps)
+    return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def momentum_at(step: int) -> float:
+    progress = min(1.0, step / total)
+    return optim.ema_momentum + (optim.final_ema_momentum - optim.ema_momentum) * progress
+
+
+for record in records:
+    assert math.isclose(record["lr"], lr_at(record["step"] - 1), rel_tol=1e-9)
+    assert math.isclose(record["momentum"], momentum_at(record["step"] - 1), rel_tol=1e-9)
+print(f"{len(records)} logged steps: the written-out schedules and the run agree")
+
+# %% [markdown]
+# **2. Stop and resume.** Train a tiny config for 20 steps straight; then train it again, stopped
+# at step 10 (`stop_at=10`) and resumed (`resume=True`). Show that the two runs log the same
+# losses at every step.
+
+# %% tags=["solution"]
+import json as _json  # noqa: E402
+
+tiny_data = Path(DATA_DIR) / "tinytales"
+if not tiny_data.exists():
+    data.prepare("tinytales", tiny_data, max_documents=2_000)
+tiny = runs.load_config(CPU_CONFIG, [
+    f"data.dir={_json.dumps(str(tiny_data))}", "data.batch_size=4", "model.dim=32",
+    "model.depth=1", "model.heads=2", "model.predictor_dim=16", "model.predictor_depth=1",
+    "model.predictor_heads=2", "train.max_steps=20", "train.log_interval=2",
+    "train.eval_interval=10", "train.checkpoint_interval=10", "optim.warmup_steps=2",
+    "monitor.interval=10", "monitor.documents=16", 'train.device="cpu"'])
+train.train(tiny, Path(OUT) / "straight", progress=False)
+train.train(tiny, Path(OUT) / "resumed", stop_at=10, progress=False)
+train.train(tiny, Path(OUT) / "resumed", resume=True, progress=False)
+straight = {r["step"]: r["loss"] for r in runs.read_metrics(Path(OUT) / "straight")}
+resumed = {r["step"]: r["loss"] for r in runs.read_metrics(Path(OUT) / "resumed")}
+assert straight == resumed and len(straight) >= 10
+print(f"{len(straight)} logged losses, equal bit for bit")

@@ -17,6 +17,25 @@
 # %% [markdown]
 # # 06 · Evaluation: what do the embeddings know?
 #
+# **You will learn** how to ask a frozen encoder what it knows with linear probes, which
+# baselines a skeptic asks for and why each one, how to read a probe's margin and the
+# headline *semantic gain*, and how large a margin must be before it is a finding. **Before
+# you start:** chapter 05 (a trained run); logistic regression; Alain & Bengio 2017 on linear
+# probes, §3; Conneau et al. 2018 (SentEval's probing tasks), §3.
+#
+# ## The question
+# A JEPA's loss says how well it predicts its own targets, which it chose itself: a low loss
+# can mean a good encoder or a trivial one (chapter 04). What a user wants to know is whether
+# the embeddings hold something about the text that was not handed to them: a story's
+# characters, its order, its ending. A **linear probe** asks exactly that: fit a logistic
+# regression on frozen embeddings for a labelled question and score it on held-out stories.
+# Linear, because a deep probe could compute the answer itself from almost any input; a
+# linear one only reads what the embedding already makes explicit.
+#
+# A probe's accuracy alone says little: many questions are answerable from the story's
+# surface. So every probe is scored beside baselines, and only the margin over the best of
+# them counts.
+#
 # A JEPA has no output to read, so we ask what its frozen embeddings make *linearly*
 # readable (`tjepa/probe.py`, `python -m tjepa.eval RUN`), always next to **baselines** a
 # skeptic would ask for: a **random-init encoder** of the same shape, and shortcuts that read
@@ -42,6 +61,7 @@ MAX_DOCUMENTS = 300 if SMOKE else 2_000
 RANDOM_INITS = 1 if SMOKE else 3  # random-init twins whose mean is the baseline
 
 # %%
+import math
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +154,69 @@ for ex in examples:
     print("hidden:   ", "".join(ex["hidden"])[:120])
     print("predicted:", "".join(ex["predicted"])[:120], "\n")
 assert len(examples) == 3 and all(len(e["hidden"]) == len(e["predicted"]) for e in examples)
+
+# %% [markdown]
+# ## Summary
+#
+# - A probe is a logistic regression on frozen, mean-pooled embeddings, scored on held-out
+#   stories; linear, so it reads what the embedding makes explicit.
+# - Baselines: a random-init encoder of the same shape (what architecture alone gives), the
+#   story's length, a bag of words and a bag of embeddings (what the surface gives). A probe's
+#   margin is its accuracy minus the best of them; the semantic gain is the mean margin of the
+#   semantic probes.
+# - Probes whose altered and original texts share their tokens (the order probes) cannot be
+#   passed by a bag of words; `same_story` can, and a bag of words reads it well.
+# - A margin is a finding only well beyond the probe's sampling noise (exercise 2).
+#
+# ## References
+#
+# - Alain & Bengio 2017, *Understanding intermediate layers using linear classifier probes*:
+#   §3 (linear probes on frozen features).
+# - Conneau et al. 2018, *What you can cram into a single vector* (SentEval probing): §3
+#   (bigram shift and the other probing tasks; bag-of-words baselines).
+# - Hewitt & Liang 2019, *Designing and Interpreting Probes with Control Tasks*: §2 (why a
+#   probe needs a baseline to mean anything).
+# - Garrido et al. 2023, *RankMe*: §4 (label-free numbers against probe accuracy).
+#
+# ## Exercises
+#
+# **1. The headline number, by hand.** From `results`, compute each semantic probe's margin over
+# its best baseline and their mean; check it against `report["semantic_gain"]`.
+
+# %% tags=["solution"]
+semantic = [r for r in results if r.kind == "semantic"]
+margins = {r.name: r.trained - max([r.random_init, *r.baselines.values()]) for r in semantic}
+for name, margin in margins.items():
+    print(f"{name:14s} margin {margin:+.3f}")
+assert math.isclose(float(np.mean(list(margins.values()))), report["semantic_gain"],
+                    abs_tol=1e-4)
+
+# %% [markdown]
+# **2. When is a margin a finding?** An accuracy measured on `n` validation examples has a
+# sampling standard deviation of about `√(p(1 − p)/n)`. Compute it for `order:halves` at 0.5
+# with its `n_val`, then simulate 2,000 probes that guess at random on `n_val` examples and
+# check that their accuracies spread by that much.
+
+# %% tags=["solution"]
+halves = by_name["order:halves"]
+std = math.sqrt(0.25 / halves.n_val)
+guesses = np.random.default_rng(0).integers(0, 2, size=(2_000, halves.n_val)).mean(1)
+print(f"order:halves on {halves.n_val} examples: noise ±{std:.3f} (1 std); a margin under "
+      f"{2 * std:.3f} is within two")
+assert abs(float(guesses.std()) - std) < 0.15 * std
+
+# %% [markdown]
+# **3. Why a bag of words reads nothing in `order:halves`.** Swap the halves of the first
+# validation story. Show that its token counts are unchanged while the encoder's pooled
+# embedding is not.
+
+# %% tags=["solution"]
+story = val.document(0)[: config.data.block_size]
+half = len(story) // 2
+swapped = np.concatenate([story[half:], story[:half]])
+assert np.array_equal(np.bincount(story), np.bincount(swapped))  # the same bag of words
+pair, pair_lengths = probe.pad([story, swapped])
+embedded = probe.pooled(model.target_encoder, pair, pair_lengths)
+assert not torch.allclose(embedded[0], embedded[1], atol=1e-4)
+print(f"same counts; embeddings differ by {float((embedded[0] - embedded[1]).norm()):.3f} "
+      f"(norm {float(embedded[0].norm()):.3f})")

@@ -47,7 +47,6 @@ OUT = "../out/notebooks/jepa_vs_mlm"
 MAX_DOCUMENTS = 300 if SMOKE else 2_000
 
 # %%
-import json
 import re
 from pathlib import Path
 

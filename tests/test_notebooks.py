@@ -52,8 +52,8 @@ def test_notebook_imports_tjepa_and_carries_no_outputs(source):
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_every_chapter_teaches_goals_prerequisites_references_and_checked_exercises(source):
     notebook = json.loads(source.with_suffix(".ipynb").read_text())
-    prose = "\n".join("".join(c["source"]) for c in notebook["cells"]
-                      if c["cell_type"] == "markdown")
+    prose = " ".join(" ".join("".join(c["source"]) for c in notebook["cells"]
+                              if c["cell_type"] == "markdown").split())  # lines rewrapped
     for heading in ("**You will learn**", "**Before you start:**", "## Summary",
                     "## References", "## Exercises"):
         assert heading in prose, f"{source.name} has no {heading}"
