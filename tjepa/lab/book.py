@@ -147,8 +147,10 @@ def _index_page(chapters: list[Chapter], smoke: bool) -> str:
 padding: 0 1em; }} li {{ margin-bottom: 1em; }}</style></head>
 <body>
 <h1>{html.escape(TITLE)}</h1>
-<p>A text JEPA built up chapter by chapter: data, UL2 masking, the model, collapse, training
-and evaluation. Every page below is a notebook from <code>notebooks/</code>, executed by
+<p>A text JEPA built up chapter by chapter: data, UL2 masking, the model, collapse, training,
+evaluation, and the JEPA against the masked LM. Read them in order: each chapter says at its
+top what it teaches and what it needs first, and ends with exercises whose solutions are
+folded. Every page below is a notebook from <code>notebooks/</code>, executed by
 <code>python -m tjepa.lab.book</code> in {mode} on {built}.</p>
 <ol>
 {items}
