@@ -1,8 +1,8 @@
 """The rendered walkthrough: ``python -m tjepa.lab.book --smoke`` builds a page per chapter from
 the executed notebooks, and Chromium shows each page's figures.
 
-The book is built once for the module, in smoke mode, from a copy of the notebooks (so the
-checkout's ``data/`` and ``out/`` are left alone). The browser test needs Debian's Chromium
+The book is built once for the module, in smoke mode, from a copy of the notebooks, configs
+and docs (so the checkout's ``data/`` and ``out/`` are left alone). The browser test needs Debian's Chromium
 (``.ci/run`` installs it) and skips, saying so, without it.
 """
 
@@ -32,6 +32,7 @@ def book(tmp_path_factory):
     shutil.copytree(ROOT / "notebooks", checkout / "notebooks",
                     ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
     shutil.copytree(ROOT / "configs", checkout / "configs")
+    shutil.copytree(ROOT / "docs", checkout / "docs")  # chapter 07 reads the results' tables
     out = checkout / "out" / "book"
     chapters = build_book(checkout / "notebooks", out, smoke=True, timeout=600, progress=False)
     return out, chapters
