@@ -200,13 +200,13 @@ print(f"{len(records)} logged steps: the written-out schedules and the run agree
 # losses at every step.
 
 # %% tags=["solution"]
-import json as _json  # noqa: E402
+import json  # noqa: E402
 
 tiny_data = Path(DATA_DIR) / "tinytales"
 if not tiny_data.exists():
     data.prepare("tinytales", tiny_data, max_documents=2_000)
 tiny = runs.load_config(CPU_CONFIG, [
-    f"data.dir={_json.dumps(str(tiny_data))}", "data.batch_size=4", "model.dim=32",
+    f"data.dir={json.dumps(str(tiny_data))}", "data.batch_size=4", "model.dim=32",
     "model.depth=1", "model.heads=2", "model.predictor_dim=16", "model.predictor_depth=1",
     "model.predictor_heads=2", "train.max_steps=20", "train.log_interval=2",
     "train.eval_interval=10", "train.checkpoint_interval=10", "optim.warmup_steps=2",

@@ -2,8 +2,8 @@
 the executed notebooks, and Chromium shows each page's figures.
 
 The book is built once for the module, in smoke mode, from a copy of the notebooks, configs
-and docs (so the checkout's ``data/`` and ``out/`` are left alone). The browser test needs Debian's Chromium
-(``.ci/run`` installs it) and skips, saying so, without it.
+and docs (so the checkout's ``data/`` and ``out/`` are left alone). The browser test needs
+Debian's Chromium (``.ci/run`` installs it) and skips, saying so, without it.
 """
 
 from __future__ import annotations

@@ -246,7 +246,7 @@ def margins_figure(results_by_run: dict[str, Sequence], kinds: Sequence[str] = (
     width = 0.8 / max(1, len(runs))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
     for i, run in enumerate(runs):
-        margins = [by_name[run][n].trained - by_name[run][n].best_baseline for n in names]
+        margins = [by_name[run][n].margin for n in names]
         ax.bar(x + (i - (len(runs) - 1) / 2) * width, margins, width=width, label=run)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, names, rotation=30, ha="right")
