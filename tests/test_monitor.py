@@ -7,14 +7,18 @@ import math
 import pytest
 import torch
 
+from tests.helpers import SMALL_MODEL
+from tjepa.jepa import JEPA
+from tjepa.mlm import MaskedLM
 from tjepa.monitor import (
     CollapseAlarm,
     MonitorConfig,
     collapse_metrics,
     embedding_std,
+    measure,
     rankme,
 )
-from tjepa.objective import sigreg
+from tjepa.objective import ObjectiveConfig, sigreg
 
 
 def orthogonal_rank_k(n: int, d: int, k: int) -> torch.Tensor:
@@ -101,3 +105,37 @@ def test_alarm_stays_silent_while_the_rank_grows_and_remembers_peaks_across_a_re
     resumed = CollapseAlarm(MonitorConfig(), width=128, history=history)
     with pytest.warns(UserWarning):
         assert resumed.check(measurement(60, 40), step=10)  # under half of the peak of 125
+
+
+def test_alarm_trips_when_the_regression_targets_collapse_though_the_encoder_does_not():
+    # data2vec's layer-normed block targets on real text: the last layer spread, the targets
+    # crowded into one direction
+    alarm = CollapseAlarm(MonitorConfig(), width=128)
+    spread = {"rankme": 124.0, "rankme_doc": 40.0, "std": 0.08}
+    assert not alarm.check(spread | {"targets_rankme": 110.0, "targets_std": 0.08}, step=100)
+    with pytest.warns(UserWarning, match="regression targets: RankMe 4.00"):
+        assert alarm.check(spread | {"targets_rankme": 4.0, "targets_std": 0.005}, step=200)
+    assert alarm.tripped_at == 200
+
+
+def test_alarm_trips_when_the_targets_rank_halves_from_its_peak():
+    alarm = CollapseAlarm(MonitorConfig(), width=128)
+    spread = {"rankme": 124.0, "rankme_doc": 40.0, "std": 0.08, "targets_std": 0.08}
+    assert not alarm.check(spread | {"targets_rankme": 110.0}, step=100)
+    with pytest.warns(UserWarning, match="targets_rankme 50.0 of a peak of 110.0"):
+        assert alarm.check(spread | {"targets_rankme": 50.0}, step=200)
+
+
+@pytest.mark.parametrize("target", ["last", "blocks"])
+def test_measure_reports_a_jepas_regression_targets_and_no_targets_for_a_masked_lm(target):
+    tokens = torch.randint(1, 50, (4, 24), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([24, 20, 16, 9])
+    torch.manual_seed(0)
+    jepa = JEPA(SMALL_MODEL, ObjectiveConfig(target=target, target_blocks=2,
+                                             target_block_norm="layer")).eval()
+    measured = measure(jepa, tokens, lengths)
+    assert {"targets_rankme", "targets_std", "targets_sigreg"} <= set(measured)
+    assert "targets_rankme_doc" not in measured
+    assert measured["targets_rankme"] != measured["rankme"]  # not the last layer read again
+    masked_lm = MaskedLM(SMALL_MODEL, ObjectiveConfig(name="mlm")).eval()
+    assert not any(k.startswith("targets_") for k in measure(masked_lm, tokens, lengths))

@@ -18,6 +18,12 @@ SIGReg catch it, so the alarm rests on RankMe (and on ``std`` only for the compl
 does see). Metrics are computed on token embeddings (plain keys) and, for RankMe and std, on
 mean-pooled documents (``_doc`` keys).
 
+What collapses is what the predictor regresses, and that is not always the target encoder's
+last layer: data2vec's targets average the top blocks' feed-forward outputs, which can crowd
+into one direction while the last layer stays spread. So a JEPA's regression targets
+(``JEPA.document_targets``) are measured too (``targets_`` keys, tokens only: instance-normed
+targets average to zero over each document), and the alarm watches both.
+
 A fixed RankMe line cannot catch a partial collapse: a run whose rank falls from most of the
 width to a fifth of it stays far above a line low enough for every healthy run. So the alarm
 also judges each RankMe against the run's own: it trips when the token or document RankMe
@@ -89,10 +95,14 @@ def collapse_metrics(tokens: Tensor, documents: Tensor | None = None,
     return {f"{prefix}{k}": round(v, 5) for k, v in metrics.items()}
 
 
+WATCHED = {"": "target encoder", "targets_": "regression targets"}  # key prefix: what it is
+
+
 @dataclass
 class CollapseAlarm:
-    """Trips once when RankMe or std of the target encoder fall below their lines, or its
-    token or document RankMe falls below ``rankme_drop`` of the run's peak. ``history``: the
+    """Trips once when RankMe or std of the target encoder or of the regression targets fall
+    below their lines, or a token or document RankMe of either falls below ``rankme_drop`` of
+    the run's peak. ``history``: the
     records a resumed run logged before (their peaks count)."""
 
     config: MonitorConfig
@@ -101,7 +111,7 @@ class CollapseAlarm:
     tripped_at: int | None = None
 
     def __post_init__(self) -> None:
-        self.peaks = {"rankme": 0.0, "rankme_doc": 0.0}
+        self.peaks = {"rankme": 0.0, "rankme_doc": 0.0, "targets_rankme": 0.0}
         for record in self.history:
             self._remember(record)
             if record.get("collapse_alarm") and self.tripped_at is None:
@@ -124,35 +134,46 @@ class CollapseAlarm:
         self._remember(metrics)
         dropped = [key for key, peak in self.peaks.items()
                    if key in metrics and metrics[key] < self.config.rankme_drop * peak]
-        collapsed = (metrics["rankme"] < self.rankme_line or metrics["std"] < self.std_line
-                     or bool(dropped))
+        below = [watched for watched in WATCHED if f"{watched}rankme" in metrics and (
+            metrics[f"{watched}rankme"] < self.rankme_line
+            or metrics[f"{watched}std"] < self.std_line)]
+        collapsed = bool(below or dropped)
         if collapsed and self.tripped_at is None:
             self.tripped_at = step
-            fell = "".join(f", {key} {metrics[key]:.1f} of a peak of {self.peaks[key]:.1f}"
-                           for key in dropped)
-            warnings.warn(
-                f"collapse alarm at step {step}: RankMe {metrics['rankme']:.2f} (line "
-                f"{self.rankme_line:.2f}), std {metrics['std']:.4f} (line {self.std_line:.4f})"
-                f"{fell}", stacklevel=2)
+            lines = "; ".join(
+                f"{WATCHED[w]}: RankMe {metrics[f'{w}rankme']:.2f} (line {self.rankme_line:.2f})"
+                f", std {metrics[f'{w}std']:.4f} (line {self.std_line:.4f})" for w in below)
+            fell = "; ".join(f"{key} {metrics[key]:.1f} of a peak of {self.peaks[key]:.1f}"
+                             for key in dropped)
+            warnings.warn(f"collapse alarm at step {step}: "
+                          + "; ".join(x for x in (lines, fell) if x), stacklevel=2)
         return collapsed
 
 
 @torch.no_grad()
 def measure(model: JEPA, tokens: Tensor, lengths: Tensor,
             max_tokens: int = 2048) -> dict[str, float]:
-    """Collapse metrics of the target encoder (plain keys) and the context encoder (``context_``)
-    on whole documents tokens (B, T), lengths (B,)."""
+    """Collapse metrics of the target encoder (plain keys), of a JEPA's regression targets
+    (``targets_``) and of the context encoder (``context_``) on whole documents tokens (B, T),
+    lengths (B,)."""
     valid = torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]
     token_index = valid.flatten().nonzero().squeeze(1)
     token_index = token_index[torch.randperm(len(token_index),
                                              generator=torch.Generator().manual_seed(0))
                               .to(token_index.device)[:max_tokens]]
 
-    def metrics(encoder, prefix: str = "") -> dict[str, float]:
-        h = encode_documents(encoder, tokens, lengths, model.config.attention).float()
-        return collapse_metrics(h.flatten(0, 1)[token_index], mean_pool(h, lengths), prefix)
+    def metrics(h: Tensor, prefix: str = "", documents: bool = True) -> dict[str, float]:
+        h = h.float()  # (B, T, D)
+        return collapse_metrics(h.flatten(0, 1)[token_index],
+                                mean_pool(h, lengths) if documents else None, prefix)
 
-    out = metrics(model.target_encoder)
+    def encoded(encoder) -> Tensor:
+        return encode_documents(encoder, tokens, lengths, model.config.attention)
+
+    out = metrics(encoded(model.target_encoder))
+    if isinstance(model, JEPA):
+        # tokens only: instance-normed targets average to zero over each document
+        out |= metrics(model.document_targets(tokens, lengths), "targets_", documents=False)
     if model.context_encoder is model.target_encoder:  # no EMA: one encoder, measured once
-        return out | {f"context_{k}": v for k, v in out.items()}
-    return out | metrics(model.context_encoder, "context_")
+        return out | {f"context_{k}": v for k, v in out.items() if not k.startswith("targets_")}
+    return out | metrics(encoded(model.context_encoder), "context_")
