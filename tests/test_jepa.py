@@ -4,13 +4,14 @@ attention backends alike, and the EMA update."""
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.helpers import SMALL_MODEL, short_batch
-from tjepa import runs
+from tjepa import probe, runs
 from tjepa.config import ConfigError
 from tjepa.jepa import JEPA, encode_documents
 from tjepa.objective import ObjectiveConfig
@@ -107,6 +108,22 @@ def test_block_targets_are_the_normed_mean_of_the_top_blocks_feed_forward_output
     assert torch.allclose(targets, expected, atol=1e-5)
     # the last layer's output, the residual stream, is another thing
     assert not torch.allclose(targets, JEPA(SMALL_MODEL).document_targets(tokens, lengths))
+
+
+@pytest.mark.parametrize("target", ["last", "blocks"])
+def test_token_centred_targets_carry_no_share_of_the_words_identity(target):
+    torch.manual_seed(0)
+    tokens = torch.randint(1, 12, (6, 20))  # a small vocabulary: every word recurs
+    lengths = torch.tensor([20, 18, 15, 20, 9, 12])
+    sequences = [t[:n].numpy() for t, n in zip(tokens, lengths, strict=True)]
+    shares = {}
+    for centering in ("off", "token"):
+        torch.manual_seed(0)
+        model = JEPA(SMALL_MODEL, ObjectiveConfig(target=target,
+                                                  target_centering=centering)).eval()
+        shares[centering] = probe.token_share(partial(probe.regression_targets, model),
+                                              sequences)
+    assert shares["off"] > 0.3 and abs(shares["token"]) < 1e-4
 
 
 def test_block_targets_see_each_document_alone_whatever_the_padding():

@@ -14,6 +14,7 @@ from tjepa.objective import (
     prediction_loss,
     sigreg,
     span_means,
+    token_centred,
     vicreg_terms,
 )
 
@@ -80,6 +81,25 @@ def test_instance_norm_normalizes_each_document_alone_as_torch_does():
         expected = F.instance_norm(h[row, span].T[None])[0].T
         assert torch.allclose(out[row, span], expected, atol=1e-5)
     assert torch.isfinite(out).all()  # padding: no statistics of its own, no NaN
+
+
+def test_token_centred_targets_keep_only_what_differs_between_a_words_occurrences():
+    torch.manual_seed(0)
+    code = torch.randn(5, 6)  # each word's fixed code
+    tokens = torch.tensor([[1, 2, 1, 3, 0, 0], [2, 1, 4, 2, 1, 0]])
+    valid = torch.tensor([[True] * 4 + [False] * 2, [True] * 5 + [False]])
+    context = 0.3 * torch.randn(2, 6, 6)
+    h = code[tokens] + context
+    h[~valid] = 1e3  # padding counts in no mean and no scale
+    out = token_centred(h, tokens, valid, vocab_size=5)
+    assert torch.isfinite(out).all()
+    assert out[valid].square().mean() == pytest.approx(1.0, rel=1e-3)
+    for word in (1, 2):  # the words that occur more than once: their occurrences sum to zero
+        assert out[valid & (tokens == word)].sum(0).abs().max() < 1e-4
+    assert out[0, 3].abs().max() == 0 and out[1, 2].abs().max() == 0  # once in the batch
+    # the fixed codes are gone: the same context with other codes gives the same targets
+    other = token_centred(torch.randn(5, 6)[tokens] + context, tokens, valid, vocab_size=5)
+    assert torch.allclose(out[valid], other[valid], atol=1e-4)
 
 
 def test_infonce_picks_each_prediction_s_own_target_among_the_valid_ones():

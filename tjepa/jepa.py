@@ -27,6 +27,7 @@ from tjepa.objective import (
     instance_norm,
     prediction_loss,
     span_means,
+    token_centred,
 )
 from tjepa.packing import PackedBatch
 
@@ -125,14 +126,18 @@ class JEPA(nn.Module):
         objective = self.objective
         if objective.target == "last":
             h = self.target_encoder(tokens, positions, mask)
-            return F.layer_norm(h, h.shape[-1:])
-        top = objective.target_blocks or self.config.depth
-        layers = self.target_encoder.mlp_outputs(tokens, positions, mask, top)  # K × (N, T, D)
-        if objective.target_block_norm == "instance":
-            layers = [instance_norm(h, segment) for h in layers]
+            h = F.layer_norm(h, h.shape[-1:])
         else:
-            layers = [F.layer_norm(h.float(), h.shape[-1:]) for h in layers]
-        return torch.stack(layers).mean(0)
+            top = objective.target_blocks or self.config.depth
+            layers = self.target_encoder.mlp_outputs(tokens, positions, mask, top)  # K × (N, T, D)
+            if objective.target_block_norm == "instance":
+                layers = [instance_norm(h, segment) for h in layers]
+            else:
+                layers = [F.layer_norm(h.float(), h.shape[-1:]) for h in layers]
+            h = torch.stack(layers).mean(0)
+        if objective.target_centering == "token":
+            h = token_centred(h, tokens, segment >= 0, self.config.vocab_size)
+        return h
 
     @torch.no_grad()
     def constant_loss_sum(self, batch: MaskedBatch | PackedBatch) -> Tensor:

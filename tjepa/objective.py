@@ -34,6 +34,7 @@ AntiCollapse = Literal["ema", "sigreg", "vicreg"]
 TargetKind = Literal["last", "blocks"]
 BlockNorm = Literal["instance", "layer"]
 SpanTargets = Literal["off", "only", "also"]
+TargetCentering = Literal["off", "token"]
 Reduce = Callable[[Tensor], Tensor]  # sums a statistic over the rows other processes hold
 
 
@@ -70,6 +71,13 @@ class ObjectiveConfig:
     ``also`` adds that to the per-token loss; ``off``, the per-token loss alone. A span's mean
     keeps what its tokens share — what the span is about — and averages away the exact words.
 
+    ``target_centering``: ``token`` subtracts from each target the mean target of its token id
+    over the batch's documents, then scales the rest to a unit mean square (``token_centred``).
+    On real text most of a target's variance is the hidden word's fixed code (the target token
+    share), and a regression on a code it must guess among many gains little even when right:
+    what is left is what the context made of the word. A word that occurs once in the batch
+    has its own target as its mean, so its target is zero. ``off``: the targets as they are.
+
     ``share_embeddings``: the target encoder reads the context encoder's token embedding table
     (data2vec's ``ema_transformer_layers_only``): the EMA then moves only the blocks, and the
     targets follow learned word embeddings, not an average of their random start.
@@ -91,6 +99,7 @@ class ObjectiveConfig:
     target_block_norm: BlockNorm = "instance"
     share_embeddings: bool = False
     span_targets: SpanTargets = "off"
+    target_centering: TargetCentering = "off"
 
     def __post_init__(self) -> None:
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
@@ -169,6 +178,21 @@ def instance_norm(h: Tensor, segment: Tensor, eps: float = 1e-5) -> Tensor:
     centred = h.float() - mean
     var, _ = segment_means(centred.square(), segment)
     return centred * torch.rsqrt(var + eps)
+
+
+def token_centred(h: Tensor, tokens: Tensor, valid: Tensor, vocab_size: int,
+                  eps: float = 1e-6) -> Tensor:
+    """h (N, T, D) less, at each token, the mean of h over the tokens (N, T) of the same id
+    where ``valid`` (N, T), in float32, then scaled to a unit mean square over the valid
+    tokens: what the context adds to each word's average target."""
+    d = h.shape[-1]
+    x, ids = h.float().flatten(0, 1), tokens.flatten()
+    weight = valid.flatten().float()[:, None]
+    sums = x.new_zeros(vocab_size, d).index_add_(0, ids, x * weight)
+    counts = weight.new_zeros(vocab_size, 1).index_add_(0, ids, weight)
+    residual = x - (sums / counts.clamp(min=1))[ids]
+    mean_square = (residual.square() * weight).sum() / (weight.sum() * d).clamp(min=1)
+    return (residual * torch.rsqrt(mean_square + eps)).view(h.shape)
 
 
 def span_means(x: Tensor, span: Tensor) -> tuple[Tensor, Tensor, Tensor]:
