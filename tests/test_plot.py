@@ -79,3 +79,15 @@ def test_signal_cap_figure_draws_a_line_per_criterion():
                                                 "cross-entropy": [1, 0.75, 0.5]})
     assert [line.get_label() for line in fig.axes[0].lines] == ["regression", "cross-entropy"]
     matplotlib.pyplot.close(fig)
+
+
+def test_collapse_figure_draws_the_regression_targets_beside_the_encoder_where_logged():
+    healthy = [{"step": s, "rankme": 100.0, "rankme_doc": 30.0, "std": 0.08} for s in (0, 100)]
+    crowded = [r | {"targets_rankme": 90.0 - s / 2, "targets_std": 0.08} for r, s in
+               zip(healthy, (0, 100), strict=True)]
+    fig = plot.collapse_figure({"last layer": healthy, "blocks": crowded}, alarm_line=12.8)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert labels == ["last layer", "blocks", "blocks: regression targets", "alarm line"]
+    assert list(fig.axes[0].get_lines()[2].get_ydata()) == [90.0, 40.0]
+    assert len(fig.axes[1].get_lines()) == 2  # no document RankMe of the targets
+    plot.plt.close(fig)

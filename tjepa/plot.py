@@ -149,15 +149,20 @@ def lengths_figure(lengths_by_split: dict[str, np.ndarray],
 
 
 def collapse_figure(runs: dict[str, Sequence[dict]], alarm_line: float | None = None) -> Figure:
-    """Token and document RankMe and std of the target encoder over steps, a line per run."""
+    """Token and document RankMe and std of the target encoder over steps, a line per run; a
+    JEPA's regression targets (``targets_`` keys), where logged, dashed beside its token
+    RankMe and std."""
     keys = [("rankme", "token RankMe"), ("rankme_doc", "document RankMe"),
             ("std", "std of normalized embeddings")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     for name, records in runs.items():
         measured = [r for r in records if "rankme" in r]
+        steps = [r["step"] for r in measured]
         for ax, (key, _) in zip(axes, keys, strict=True):
-            ax.plot([r["step"] for r in measured], [r.get(key, np.nan) for r in measured], "o-",
-                    label=name)
+            line, = ax.plot(steps, [r.get(key, np.nan) for r in measured], "o-", label=name)
+            if any(f"targets_{key}" in r for r in measured):
+                ax.plot(steps, [r.get(f"targets_{key}", np.nan) for r in measured], "--",
+                        color=line.get_color(), label=f"{name}: regression targets")
     for ax, (_, title) in zip(axes, keys, strict=True):
         ax.set_title(title)
         ax.set_xlabel("step")
