@@ -10,7 +10,7 @@ import torch
 from tests.helpers import short_batch
 from tjepa.attention import attention_groups, attention_mask
 from tjepa.config import ConfigError
-from tjepa.model import ModelConfig, Transformer
+from tjepa.model import ModelConfig, Transformer, rotate, rotations_at
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
@@ -48,6 +48,20 @@ def test_rope_attention_is_unchanged_when_all_positions_shift():
     valid = groups >= 0
     assert torch.allclose(base[valid], shifted[valid], atol=1e-4)
     assert not torch.allclose(base[valid], scrambled[valid], atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_rotate_gives_the_librarys_rotary_embedding_at_arbitrary_positions(dtype, tolerance):
+    from rotary_embedding_torch import RotaryEmbedding, apply_rotary_emb
+
+    rope = RotaryEmbedding(16)
+    positions = torch.tensor([[0, 3, 7, 40, 41], [5, 2, 9, 1, 100]])  # arbitrary, per row
+    x = torch.randn(2, 4, 5, 16).to(dtype)  # (N, H, S, Dh)
+    expected = apply_rotary_emb(rope(positions)[:, None], x)
+    got = rotate(x, rotations_at(rope, positions))
+    assert got.dtype == expected.dtype == dtype
+    assert torch.allclose(got.float(), expected.float(), atol=tolerance, rtol=0)
+    assert not torch.allclose(got, x, atol=tolerance)  # it turns them
 
 
 def test_model_config_refuses_heads_that_do_not_split_the_width():

@@ -4,7 +4,10 @@ Both see tokens at arbitrary positions: the context encoder gets only the contex
 view, the predictor gets the context embeddings plus one mask token per target position. So
 positions are an input, not ``arange(T)``: rotary embeddings (``rotary-embedding-torch``) turn
 a ``(N, S)`` position tensor into per-token rotations, and attention scores then depend only on
-the distance between positions.
+the distance between positions. The library's angles become unit complex numbers once per
+forward, shared by every layer (``rotations_at``), and ``rotate`` turns each pair of features
+by one complex product: the library's ``apply_rotary_emb``, to float32 rounding, in one
+operation instead of a dozen.
 
 Who may attend to whom is not the networks' business: they take a mask built once per batch by
 ``tjepa.attention`` (a dense boolean mask for SDPA, or a flex_attention block mask) and apply it
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from rotary_embedding_torch import RotaryEmbedding, apply_rotary_emb
+from rotary_embedding_torch import RotaryEmbedding
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from torch.utils.checkpoint import checkpoint
@@ -53,6 +56,23 @@ class ModelConfig:
                   f"{width} ({w}) must split into {heads} ({h}) heads of an even size (RoPE)")
 
 
+def rotations_at(rope: RotaryEmbedding, positions: Tensor) -> Tensor:
+    """The library's rotary angles at ``positions`` (N, S) as unit complex numbers, one per
+    pair of features: (N, 1, S, Dh / 2), complex64."""
+    # No seq_len: its cache mutates module state and breaks torch.compile. [:, None] puts
+    # the head axis in; without it N would broadcast against the heads.
+    angles = rope(positions)[:, None, :, ::2].float()  # the library repeats each pair's angle
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def rotate(x: Tensor, rotations: Tensor) -> Tensor:
+    """``apply_rotary_emb`` of ``rotary-embedding-torch`` as one complex product: each pair
+    (x1, x2) of x (N, H, S, Dh) becomes (x1·cos − x2·sin, x2·cos + x1·sin), in float32, returned
+    in x's dtype."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (N, H, S, Dh / 2)
+    return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -63,7 +83,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, rotations: Tensor, mask: AttentionMask) -> Tensor:
         n, s, d = x.shape
         q, k, v = self.qkv(x).view(n, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary_emb(rotations, q), apply_rotary_emb(rotations, k)  # (N, H, S, Dh)
+        q, k = rotate(q, rotations), rotate(k, rotations)  # (N, H, S, Dh)
         if isinstance(mask, BlockMask):
             y = flex_attention(q, k, v, block_mask=mask)
         else:
@@ -108,9 +128,7 @@ class Transformer(nn.Module):
         self.recompute = False
 
     def forward(self, x: Tensor, positions: Tensor, mask: AttentionMask) -> Tensor:
-        # No seq_len: its cache mutates module state and breaks torch.compile. [:, None] puts
-        # the head axis in; without it N would broadcast against the heads.
-        rotations = self.rope(positions)[:, None]  # (N, 1, S, Dh)
+        rotations = rotations_at(self.rope, positions)
         recompute = self.recompute and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:  # blocks draw no random numbers: no RNG state to save and restore
@@ -124,7 +142,7 @@ class Transformer(nn.Module):
                     top: int) -> list[Tensor]:
         """The feed-forward outputs (before the residual add) of the ``top`` last blocks, each
         (N, S, D): the layers data2vec averages into its targets."""
-        rotations = self.rope(positions)[:, None]
+        rotations = rotations_at(self.rope, positions)
         outputs = []
         for i, block in enumerate(self.blocks):
             x, mlp = block(x, rotations, mask, return_mlp=True)
