@@ -71,6 +71,30 @@ def test_document_probes_alone_score_the_semantic_probes_as_the_full_suite_does(
     assert documents["semantic_gain"] == full["semantic_gain"]
 
 
+def test_a_second_eval_reads_the_baselines_from_the_cache_and_scores_what_a_fresh_one_does(
+        tiny_run, tinytales_bins, tmp_path, monkeypatch):
+    bins = tmp_path / "bins"
+    shutil.copytree(tinytales_bins, bins, ignore=shutil.ignore_patterns("probe-cache"))
+    calls = []
+    features_of = probe.features_of
+    monkeypatch.setattr(probe, "features_of", lambda *a, **k: calls.append(1) or features_of(
+        *a, **k))
+    kwargs = dict(data_dir=bins, max_documents=100, random_inits=2, progress=False)
+    fresh = tjepa_eval.evaluate_run(tiny_run, cache=False, **kwargs)
+    uncached_calls = len(calls)
+    first = tjepa_eval.evaluate_run(tiny_run, **kwargs)
+    assert len(calls) == 2 * uncached_calls and list((bins / "probe-cache").glob("*.json"))
+    calls.clear()
+    second = tjepa_eval.evaluate_run(tiny_run, **kwargs)
+    assert fresh["probes"] == first["probes"] == second["probes"]
+    # the twins and the text-only shortcuts of the discourse and order probes come from the
+    # cache: per split, the trained encoder and bag_of_embeddings are all that is computed
+    assert len(calls) < uncached_calls / 2
+    # other probe settings are other texts: a cache of their own, nothing read from the first
+    tjepa_eval.evaluate_run(tiny_run, **(kwargs | {"max_documents": 99}))
+    assert len(list((bins / "probe-cache").glob("*.json"))) == 2
+
+
 def test_eval_cli_prints_json_last(tiny_run):
     result = subprocess.run([sys.executable, "-m", "tjepa.eval", str(tiny_run), "--json",
                              "--max-documents", "200", "--random-inits", "1"],

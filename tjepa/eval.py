@@ -33,10 +33,13 @@ from tjepa.runs import RunError, load_run, read_metrics
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "cpu",
                  max_documents: int = probe.MAX_PROBE_DOCUMENTS,
                  random_inits: int = probe.RANDOM_INITS, progress: bool = True,
-                 checkpoint: str | Path = "last", token_probes: bool = True) -> dict:
+                 checkpoint: str | Path = "last", token_probes: bool = True,
+                 cache: bool = True) -> dict:
     """Run the probe suite on a run's ``checkpoint`` (``last``, ``best`` or a path); writes
     eval.json and eval.png into the run folder; returns the report. ``token_probes=False``
-    runs the document probes only (``probe.run_probes``)."""
+    runs the document probes only; ``cache=False`` scores the random-init twins and the
+    text-only shortcuts again instead of reading them from the bins folder
+    (``probe.run_probes``, ``tjepa.probe_cache``)."""
     run_dir = Path(run_dir)
     model, config, vocab = load_run(run_dir, checkpoint, device)
     bins = data.TokenBins(data_dir or config.data.dir)
@@ -47,7 +50,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device
     results = probe.run_probes(model, bins, config.data.block_size, config.masking,
                                seed=config.train.seed, device=device,
                                max_documents=max_documents, random_inits=random_inits,
-                               progress=progress, token_probes=token_probes)
+                               progress=progress, token_probes=token_probes, cache=cache)
     measured = [r for r in read_metrics(run_dir) if "rankme" in r and r["step"] <=
                 model.checkpoint_step]
     val = bins.split("val")
@@ -137,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-token-probes", action="store_true",
                         help="the document probes only (the token probes' readout over the "
                              "vocabulary is slow on real text); the semantic gain is unchanged")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="score the random-init twins and the text-only shortcuts again, "
+                             "not from the bins folder's probe-cache/ (the same numbers)")
     parser.add_argument("--saved", action="store_true",
                         help="with several runs: table their saved eval.json, probe nothing")
     parser.add_argument("--readme", help="with several runs: write their table between this "
@@ -152,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         for run_dir in [] if args.saved else args.run_dirs:
             report = evaluate_run(run_dir, args.data, args.device, args.max_documents,
                                   args.random_inits, checkpoint=args.checkpoint,
-                                  token_probes=not args.no_token_probes)
+                                  token_probes=not args.no_token_probes,
+                                  cache=not args.no_cache)
             print(f"{run_dir} ({Path(report['checkpoint']).name}, step {report['step']}):")
             print(probe_table([probe.ProbeResult.from_dict(r) for r in report["probes"]]))
             gains = "; ".join(

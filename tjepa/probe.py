@@ -59,6 +59,7 @@ from tjepa.jepa import JEPA, encode_documents, mean_pool
 from tjepa.masking import MaskingConfig, MaskSampler, forecast_batch
 from tjepa.mlm import MaskedLM
 from tjepa.model import Encoder
+from tjepa.probe_cache import BaselineCache, weights_digest
 from tjepa.probe_texts import chunk_pairs, cut_stories, reordered, sentence_ends, split_sentences
 
 MAX_PROBE_DOCUMENTS = 2000  # per split; enough for stable accuracies, seconds on a CPU
@@ -199,16 +200,30 @@ def linear_probe(x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor,
     return float((readout.predict(x_val) == y_val).float().mean())
 
 
-def score(features: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], name: str,
-          kind: str) -> ProbeResult:
-    """A probe's result from features per model (``trained``, ``random_init/k``, shortcuts)
-    and split: a linear probe fit on ``train``, scored on ``val``."""
-    accuracy = {model: linear_probe(f["train"], labels["train"], f["val"], labels["val"])
-                for model, f in features.items()}
+def fitted(features: dict[str, dict[str, Tensor]], labels: dict[str, Tensor]
+           ) -> dict[str, float]:
+    """Each model's accuracy from its features per split: a linear probe fit on ``train``,
+    scored on ``val``."""
+    return {model: linear_probe(f["train"], labels["train"], f["val"], labels["val"])
+            for model, f in features.items()}
+
+
+def as_result(accuracy: dict[str, float], labels: dict[str, Tensor], name: str,
+              kind: str) -> ProbeResult:
+    """A probe's result from each model's accuracy (``trained``, ``random_init/k``,
+    shortcuts)."""
+    accuracy = dict(accuracy)
     baselines = {k: accuracy.pop(k) for k in SHORTCUTS if k in accuracy}
     return ProbeResult(name, kind, **_fold(accuracy), baselines=baselines,
                        chance=_majority(labels["val"]), n_train=len(labels["train"]),
                        n_val=len(labels["val"]))
+
+
+def score(features: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], name: str,
+          kind: str) -> ProbeResult:
+    """A probe's result from features per model (``trained``, ``random_init/k``, shortcuts)
+    and split: a linear probe fit on ``train``, scored on ``val``."""
+    return as_result(fitted(features, labels), labels, name, kind)
 
 
 # --- the suite -----------------------------------------------------------------------------
@@ -217,7 +232,7 @@ def score(features: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], nam
 def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: MaskingConfig,
                seed: int = 0, device: str = "cpu", max_documents: int = MAX_PROBE_DOCUMENTS,
                random_inits: int = RANDOM_INITS, progress: bool = True,
-               token_probes: bool = True) -> list[ProbeResult]:
+               token_probes: bool = True, cache: bool = True) -> list[ProbeResult]:
     """All probes for a trained model, its random-init twins and the shortcuts.
 
     Document probes score ``random_inits`` twins and report their mean (and spread): one
@@ -225,8 +240,16 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
     token probes use the first twin only. Models without a predictor (the masked-LM baseline)
     skip the probes that ask the predictor. ``token_probes=False`` leaves out the token-level
     probes (their readout over the whole vocabulary is most of the suite's time on real
-    text): the document probes, semantic ones included, are unchanged."""
+    text): the document probes, semantic ones included, are unchanged. With ``cache``, the
+    scores that do not depend on the trained weights (the twins', ``length``'s and
+    ``bag_of_words``') are kept in the bins folder and read back by the next run
+    (``tjepa.probe_cache``): the same numbers, computed once."""
     twins = [random_twin(model, seed + 12345 + k, device) for k in range(random_inits)]
+    remembered = BaselineCache(bins.path, {"seed": seed, "max_documents": max_documents,
+                                           "block_size": block_size}, enabled=cache)
+    fingerprints = {"length": "length", "bag_of_words": f"bag_of_words/{BAG_OF_WORDS_BUCKETS}",
+                    **{f"random_init/{k}": weights_digest(m.target_encoder)
+                       for k, m in enumerate(twins)}}
     train_split, val_split = bins.split("train"), bins.split("val")
     rng = np.random.default_rng(seed)
     docs = {"train": np.sort(rng.permutation(len(train_split))[:max_documents]),
@@ -242,9 +265,24 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
         "bag_of_embeddings": lambda t, n: bag_of_embeddings(model.context_encoder, t, n),
     }
 
-    def features(sequences: dict[str, list[np.ndarray]]) -> dict[str, dict[str, Tensor]]:
+    def known(probe: str) -> dict[str, float]:
+        found = {m: remembered.get(probe, f"{m}@{f}") for m, f in fingerprints.items()}
+        return {m: v for m, v in found.items() if v is not None}
+
+    def features(sequences: dict[str, list[np.ndarray]],
+                 probe: str | None = None) -> dict[str, dict[str, Tensor]]:
+        """Each model's features of ``sequences``, but for those whose ``probe`` score is known."""
+        skip = known(probe) if probe else {}
         return {name: {s: features_of(fn, seqs, device) for s, seqs in sequences.items()}
-                for name, fn in feature_fns.items()}
+                for name, fn in feature_fns.items() if name not in skip}
+
+    def scored(features: dict, labels: dict[str, Tensor], name: str, kind: str) -> ProbeResult:
+        """``score``, with the remembered scores in and the new baselines' scores kept."""
+        fresh = fitted(features, labels)
+        for m, f in fingerprints.items():
+            if m in fresh:
+                remembered.put(name, f"{m}@{f}", fresh[m])
+        return as_result(known(name) | fresh, labels, name, kind)
 
     steps = tqdm(total=5, desc="probes", disable=not progress, leave=False)
     results = []
@@ -255,11 +293,11 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
     steps.update()
 
     pairs = {s: chunk_pairs(stories[s], seed) for s in splits}
-    a = features({s: pairs[s][0] for s in splits})
-    b = features({s: pairs[s][1] for s in splits})
-    results.append(score({m: {s: pair_features(a[m][s], b[m][s]) for s in splits} for m in a},
-                         {s: torch.from_numpy(pairs[s][2]) for s in splits}, "same_story",
-                         "semantic"))
+    a = features({s: pairs[s][0] for s in splits}, "same_story")
+    b = features({s: pairs[s][1] for s in splits}, "same_story")
+    results.append(scored({m: {s: pair_features(a[m][s], b[m][s]) for s in splits} for m in a},
+                          {s: torch.from_numpy(pairs[s][2]) for s in splits}, "same_story",
+                          "semantic"))
     steps.update()
 
     ends = sentence_ends(bins.vocab)
@@ -268,9 +306,9 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
     for how in ("halves", "words") if min(map(len, long_enough.values())) >= 2 else ():
         altered = {s: reordered(long_enough[s], how, ends, seed + i)
                    for i, s in enumerate(splits)}
-        results.append(score(features({s: altered[s][0] for s in splits}),
-                             {s: torch.from_numpy(altered[s][1]) for s in splits},
-                             f"order:{how}", "semantic"))
+        results.append(scored(features({s: altered[s][0] for s in splits}, f"order:{how}"),
+                              {s: torch.from_numpy(altered[s][1]) for s in splits},
+                              f"order:{how}", "semantic"))
     steps.update()
 
     sentences = {s: [split_sentences(splits[s].document(d), ends) for d in docs[s]]
@@ -279,16 +317,17 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
         made = {s: make(sentences[s], block_size, seed + i) for i, s in enumerate(splits)}
         if min(len(np.unique(labels)) for _, labels in made.values()) < 2:
             continue  # too few stories of enough sentences for this probe
-        results.append(score(features({s: made[s][0] for s in splits}),
-                             {s: torch.from_numpy(made[s][1]) for s in splits},
-                             f"discourse:{name}", "discourse"))
+        results.append(scored(features({s: made[s][0] for s in splits}, f"discourse:{name}"),
+                              {s: torch.from_numpy(made[s][1]) for s in splits},
+                              f"discourse:{name}", "discourse"))
     steps.update()
 
     if token_probes:
         results += probe_tokens(model, twins[0], train_split, val_split, docs["train"],
-                                docs["val"], block_size, masking, seed, device)
+                                docs["val"], block_size, masking, seed, device, remembered)
     steps.update()
     steps.close()
+    remembered.save()
     return results
 
 
@@ -321,11 +360,21 @@ def factor_probes(model, twins, factors: dict, stories, docs, features, splits,
 
 
 def probe_tokens(model: JEPA, random_model: JEPA, train_split, val_split, train_docs, val_docs,
-                 block_size: int, masking: MaskingConfig, seed: int,
-                 device: str) -> list[ProbeResult]:
-    """Token identity from contextual embeddings, and the decoder lens on the predictor."""
+                 block_size: int, masking: MaskingConfig, seed: int, device: str,
+                 remembered: BaselineCache | None = None) -> list[ProbeResult]:
+    """Token identity from contextual embeddings, and the decoder lens on the predictor; the
+    random twin's scores come from ``remembered`` when it holds them (keyed by the twin's
+    weights, its objective and the masking)."""
     scores, lens = {}, {}
+    twin = (f"random_init@{weights_digest(random_model)}/"
+            f"{sorted(asdict(random_model.objective).items())}/{sorted(asdict(masking).items())}")
+    if remembered is not None and remembered.get("token_identity", twin) is not None:
+        scores["random_init"] = remembered.get("token_identity", twin)
+        if remembered.get("decoder_lens", twin) is not None:
+            lens["random_init"] = remembered.get("decoder_lens", twin)
     for name, m in (("trained", model), ("random_init", random_model)):
+        if name in scores:
+            continue
         x_train, y_train = token_features(m, train_split, train_docs, block_size, device)
         x_val, y_val = token_features(m, val_split, val_docs, block_size, device)
         readout = fit_readout(x_train, y_train)
@@ -333,6 +382,10 @@ def probe_tokens(model: JEPA, random_model: JEPA, train_split, val_split, train_
         if hasattr(m, "predict"):
             lens[name] = decoder_lens_accuracy(m, readout, val_split, val_docs, block_size,
                                                MaskSampler(masking, seed), device)
+        if name == "random_init" and remembered is not None:
+            remembered.put("token_identity", twin, scores[name])
+            if name in lens:
+                remembered.put("decoder_lens", twin, lens[name])
     results = [ProbeResult("token_identity", "information", n_train=MAX_PROBE_TOKENS,
                            **scores)]
     if lens:
