@@ -123,3 +123,10 @@ def test_features_come_back_in_the_sequences_order_though_batched_by_length():
 
     expected = torch.tensor([[float(s.sum()), float(len(s))] for s in sequences])
     assert torch.equal(probe.features_of(sums, sequences, batch_size=16), expected)
+
+
+def test_the_token_readout_learns_only_words_that_recur_in_its_sample():
+    x = torch.arange(7.0)[:, None]
+    y = torch.tensor([4, 9, 4, 7, 9, 4, 3])
+    kept_x, kept_y = probe.recurring(x, y)
+    assert kept_y.tolist() == [4, 9, 4, 9, 4] and kept_x[:, 0].tolist() == [0, 1, 2, 4, 5]

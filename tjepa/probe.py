@@ -375,7 +375,8 @@ def probe_tokens(model: JEPA, random_model: JEPA, train_split, val_split, train_
     for name, m in (("trained", model), ("random_init", random_model)):
         if name in scores:
             continue
-        x_train, y_train = token_features(m, train_split, train_docs, block_size, device)
+        x_train, y_train = recurring(*token_features(m, train_split, train_docs, block_size,
+                                                     device))
         x_val, y_val = token_features(m, val_split, val_docs, block_size, device)
         readout = fit_readout(x_train, y_train)
         scores[name] = float((readout.predict(x_val) == y_val).float().mean())
@@ -391,6 +392,15 @@ def probe_tokens(model: JEPA, random_model: JEPA, train_split, val_split, train_
     if lens:
         results.append(ProbeResult("decoder_lens", "information", **lens))
     return results
+
+
+def recurring(x: Tensor, y: Tensor, min_count: int = 2) -> tuple[Tensor, Tensor]:
+    """The rows of (x, y) whose label occurs at least ``min_count`` times: on real text many
+    of the words in a token sample occur once, and each would cost the token readout a
+    softmax class of its own (its cost grows with the classes) for few validation tokens."""
+    _, inverse, counts = y.unique(return_inverse=True, return_counts=True)
+    keep = counts[inverse] >= min_count
+    return x[keep], y[keep]
 
 
 class Readout:
