@@ -213,6 +213,7 @@ LABEL_FREE: dict[str, Callable[[dict], float]] = {
     "token RankMe (target encoder)": lambda run: _last(run, "rankme"),
     "document RankMe (target encoder)": lambda run: _last(run, "rankme_doc"),
     "token RankMe (context encoder)": lambda run: _last(run, "context_rankme"),
+    "token RankMe (regression targets)": lambda run: _last(run, "targets_rankme"),
     "val loss below the constant's": _gap,
     "the same, relative to the constant's": lambda run: _gap(run, relative=True),
     "target token share": lambda run: run["report"].get("target_token_share", float("nan")),
