@@ -138,10 +138,24 @@ for p, r in [(3, 1), (103, 101), (1003, 1001), (5, 1)]:
 assert abs(score(3, 1) - score(1003, 1001)) < 1e-3 and abs(score(3, 1) - score(5, 1)) > 1e-3
 
 # %% [markdown]
+# The encoders apply the same rotation with fewer operations per layer: the library's angles
+# become unit complex numbers once per forward (`tjepa.model.rotations_at`), and each pair of
+# features turns by one complex product (`tjepa.model.rotate`), since (x1 + i·x2)·e^{iθ} is
+# (x1·cos θ − x2·sin θ) + i·(x2·cos θ + x1·sin θ). Checked against the library:
+
+# %%
+from tjepa.model import rotate, rotations_at
+
+x = torch.randn(1, 2, 5, 32)  # (N, H, S, Dh)
+at = torch.tensor([[0, 7, 3, 1003, 42]])  # arbitrary positions
+assert torch.allclose(rotate(x, rotations_at(rope, at)),
+                      apply_rotary_emb(rope(at)[:, None], x), atol=1e-5)
+
+# %% [markdown]
 # ## One loss, by hand
 # Smooth L1 between predictions and layer-normed targets, averaged over the embedding and over
 # real target tokens — recomputed here from the pieces and compared with `JEPA.forward`.
-
+#
 # The target encoder reads whole documents; its attention mask (B, 1, T, T) lets every token
 # see the document's real tokens, and each padding slot itself (so no softmax row is empty).
 
