@@ -170,10 +170,14 @@ def measure(model: JEPA, tokens: Tensor, lengths: Tensor,
     def encoded(encoder) -> Tensor:
         return encode_documents(encoder, tokens, lengths, model.config.attention)
 
-    out = metrics(encoded(model.target_encoder))
+    h = encoded(model.target_encoder)
+    out = metrics(h)
     if isinstance(model, JEPA):
+        plain = model.objective.target == "last" and model.objective.target_centering == "off"
+        targets = (F.layer_norm(h, h.shape[-1:]) if plain  # the same as document_targets
+                   else model.document_targets(tokens, lengths))
         # tokens only: instance-normed targets average to zero over each document
-        out |= metrics(model.document_targets(tokens, lengths), "targets_", documents=False)
+        out |= metrics(targets, "targets_", documents=False)
     if model.context_encoder is model.target_encoder:  # no EMA: one encoder, measured once
         return out | {f"context_{k}": v for k, v in out.items() if not k.startswith("targets_")}
     return out | metrics(encoded(model.context_encoder), "context_")
