@@ -246,7 +246,8 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
     (``tjepa.probe_cache``): the same numbers, computed once."""
     twins = [random_twin(model, seed + 12345 + k, device) for k in range(random_inits)]
     remembered = BaselineCache(bins.path, {"seed": seed, "max_documents": max_documents,
-                                           "block_size": block_size}, enabled=cache)
+                                           "block_size": block_size,
+                                           "device": torch.device(device).type}, enabled=cache)
     fingerprints = {"length": "length", "bag_of_words": f"bag_of_words/{BAG_OF_WORDS_BUCKETS}",
                     **{f"random_init/{k}": weights_digest(m.target_encoder)
                        for k, m in enumerate(twins)}}
