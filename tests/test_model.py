@@ -62,6 +62,9 @@ def test_rotate_gives_the_librarys_rotary_embedding_at_arbitrary_positions(dtype
     assert got.dtype == expected.dtype == dtype
     assert torch.allclose(got.float(), expected.float(), atol=tolerance, rtol=0)
     assert not torch.allclose(got, x, atol=tolerance)  # it turns them
+    angles = rotations_at(rope, positions)  # the real form torch.compile is given
+    real = rotate(x, torch.stack((angles.real, angles.imag), dim=-1))
+    assert torch.allclose(real.float(), got.float(), atol=tolerance, rtol=0)
 
 
 def test_model_config_refuses_heads_that_do_not_split_the_width():

@@ -58,19 +58,27 @@ class ModelConfig:
 
 def rotations_at(rope: RotaryEmbedding, positions: Tensor) -> Tensor:
     """The library's rotary angles at ``positions`` (N, S) as unit complex numbers, one per
-    pair of features: (N, 1, S, Dh / 2), complex64."""
+    pair of features: (N, 1, S, Dh / 2), complex64; under ``torch.compile``, whose inductor
+    generates no code for complex operators, as their (cos, sin): (N, 1, S, Dh / 2, 2)."""
     # No seq_len: its cache mutates module state and breaks torch.compile. [:, None] puts
     # the head axis in; without it N would broadcast against the heads.
     angles = rope(positions)[:, None, :, ::2].float()  # the library repeats each pair's angle
+    if torch.compiler.is_compiling():
+        return torch.stack((angles.cos(), angles.sin()), dim=-1)
     return torch.polar(torch.ones_like(angles), angles)
 
 
 def rotate(x: Tensor, rotations: Tensor) -> Tensor:
-    """``apply_rotary_emb`` of ``rotary-embedding-torch`` as one complex product: each pair
-    (x1, x2) of x (N, H, S, Dh) becomes (x1·cos − x2·sin, x2·cos + x1·sin), in float32, returned
-    in x's dtype."""
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (N, H, S, Dh / 2)
-    return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
+    """``apply_rotary_emb`` of ``rotary-embedding-torch``: each pair (x1, x2) of x (N, H, S, Dh)
+    becomes (x1·cos − x2·sin, x2·cos + x1·sin), in float32, returned in x's dtype; one complex
+    product, or its real form for ``rotations_at``'s (cos, sin)."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # (N, H, S, Dh / 2, 2)
+    if rotations.is_complex():
+        return torch.view_as_real(torch.view_as_complex(pairs) * rotations).flatten(-2).to(
+            x.dtype)
+    (x1, x2), (cos, sin) = pairs.unbind(-1), rotations.unbind(-1)
+    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2).to(
+        x.dtype)
 
 
 class Attention(nn.Module):
