@@ -369,10 +369,10 @@ def probe_tokens(model: JEPA, random_model: JEPA, train_split, val_split, train_
     scores, lens = {}, {}
     twin = (f"random_init@{weights_digest(random_model)}/"
             f"{sorted(asdict(random_model.objective).items())}/{sorted(asdict(masking).items())}")
-    if remembered is not None and remembered.get("token_identity", twin) is not None:
-        scores["random_init"] = remembered.get("token_identity", twin)
-        if remembered.get("decoder_lens", twin) is not None:
-            lens["random_init"] = remembered.get("decoder_lens", twin)
+    for probe, found in (("token_identity", scores), ("decoder_lens", lens)):
+        value = remembered.get(probe, twin) if remembered is not None else None
+        if value is not None:
+            found["random_init"] = value
     for name, m in (("trained", model), ("random_init", random_model)):
         if name in scores:
             continue
