@@ -201,3 +201,19 @@ def _masked(model, batch):
 
     masked = MaskedInput.of(batch, model.mask_id)
     return masked.tokens, masked.positions, attention_mask(masked.groups, "sdpa")
+
+
+@pytest.mark.parametrize("centering", ["off", "token"])
+def test_last_layer_targets_made_from_a_given_encoder_output_equal_a_fresh_pass(centering):
+    # the monitor hands the target encoder's output it measured to document_targets
+    tokens = torch.randint(1, 50, (3, 20), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([20, 14, 7])
+    torch.manual_seed(0)
+    jepa = JEPA(SMALL_MODEL, ObjectiveConfig(target_centering=centering)).eval()
+    with torch.no_grad():
+        encoded = encode_documents(jepa.target_encoder, tokens, lengths)
+        given = jepa.document_targets(tokens, lengths, encoded=encoded)
+        fresh = jepa.document_targets(tokens, lengths)
+        wrong = jepa.document_targets(tokens, lengths, encoded=encoded.roll(1, dims=1))
+    torch.testing.assert_close(given, fresh)
+    assert not torch.allclose(wrong, fresh)  # the given output is what is read

@@ -111,21 +111,25 @@ class JEPA(nn.Module):
             h = self.document_targets(batch.tokens, batch.lengths)  # (B, T, D)
             return h[batch.document[:, None], batch.target_positions]
 
-    def document_targets(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+    def document_targets(self, tokens: Tensor, lengths: Tensor,
+                         encoded: Tensor | None = None) -> Tensor:
         """``target_features`` of whole padded documents (B, T) → (B, T, D): what the
-        predictor regresses at every token."""
+        predictor regresses at every token; ``encoded`` as there."""
         positions, segment = document_layout(tokens, lengths)
         return self.target_features(tokens, positions, segment,
-                                    attention_mask(segment, self.config.attention))
+                                    attention_mask(segment, self.config.attention), encoded)
 
     def target_features(self, tokens: Tensor, positions: Tensor, segment: Tensor,
-                        mask: AttentionMask) -> Tensor:
+                        mask: AttentionMask, encoded: Tensor | None = None) -> Tensor:
         """The target encoder's view of whole documents, as the objective's ``target`` says:
         tokens (N, T) → (N, T, D). ``segment`` (N, T) names each token's document (-1:
-        padding), over which ``instance`` norm takes its statistics."""
+        padding), over which ``instance`` norm takes its statistics. ``encoded`` (N, T, D):
+        the target encoder's output on these tokens, when the caller has it already; the
+        last-layer targets are made from it, not from a second pass (block targets need the
+        blocks' feed-forward outputs, and ignore it)."""
         objective = self.objective
         if objective.target == "last":
-            h = self.target_encoder(tokens, positions, mask)
+            h = self.target_encoder(tokens, positions, mask) if encoded is None else encoded
             h = F.layer_norm(h, h.shape[-1:])
         else:
             top = objective.target_blocks or self.config.depth

@@ -173,9 +173,7 @@ def measure(model: JEPA, tokens: Tensor, lengths: Tensor,
     h = encoded(model.target_encoder)
     out = metrics(h)
     if isinstance(model, JEPA):
-        plain = model.objective.target == "last" and model.objective.target_centering == "off"
-        targets = (F.layer_norm(h, h.shape[-1:]) if plain  # the same as document_targets
-                   else model.document_targets(tokens, lengths))
+        targets = model.document_targets(tokens, lengths, encoded=h)
         # tokens only: instance-normed targets average to zero over each document
         out |= metrics(targets, "targets_", documents=False)
     if model.context_encoder is model.target_encoder:  # no EMA: one encoder, measured once
