@@ -84,3 +84,17 @@ def test_spearman_ranks_ties_together_and_skips_missing_values():
     assert sweep.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
     assert sweep.spearman([1, float("nan"), 2, 3], [1, 5, 2, 3]) == pytest.approx(1.0)
     assert np.isnan(sweep.spearman([1, 2], [1, 2]))  # too few runs to rank
+
+
+def test_a_correlation_one_recipe_carries_swings_when_that_recipe_is_left_out():
+    # four runs with no order between number and gain, and one far below in both
+    number, gain = [5, 6, 7, 8, 0], [0.3, 0.1, 0.4, 0.2, -1.0]
+    assert sweep.spearman(number, gain) == pytest.approx(0.5)
+    low, high = sweep.spearman_left_out(number, gain)
+    assert low == pytest.approx(0.0) and high == pytest.approx(0.8)
+    assert sweep.spearman_left_out([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx((1.0, 1.0))
+    # a recipe's seeds leave together: the two far runs are one variant's
+    number, gain = [5, 6, 7, 8, 0, 0.5], [0.3, 0.1, 0.4, 0.2, -1.0, -0.9]
+    one_run = sweep.spearman_left_out(number, gain)
+    by_variant = sweep.spearman_left_out(number, gain, ["a", "b", "c", "d", "e", "e"])
+    assert by_variant[0] == pytest.approx(0.0) and one_run[0] > 0.3

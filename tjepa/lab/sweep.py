@@ -243,21 +243,41 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def spearman_left_out(x: Sequence[float], y: Sequence[float],
+                      groups: Sequence[str] | None = None) -> tuple[float, float]:
+    """The lowest and the highest Spearman correlation of ``x`` with ``y`` when any one group
+    of pairs (``groups``: a name per pair, e.g. the variant whose seeds they are; each pair its
+    own group by default) is left out: a correlation that one recipe carries swings far
+    between the two."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    names = np.asarray(range(len(x)) if groups is None else groups)
+    left_out = [spearman(x[names != g], y[names != g]) for g in dict.fromkeys(names.tolist())]
+    kept = [r for r in left_out if not np.isnan(r)]
+    return (min(kept), max(kept)) if kept else (float("nan"), float("nan"))
+
+
 def label_free_table(out: Path, objective: str = "jepa") -> str:
     """Across every run of the sweep in ``out`` whose objective is ``objective``, each
-    label-free number's rank correlation with the semantic and the discourse gain."""
-    found = [read_run(out / f"{v['name']}-seed{s}", s) for v in saved_variants(out)
-             for s in v["seeds"]]
-    found = [r for r in found if r["report"].get("objective", "jepa") == objective]
+    label-free number's rank correlation with the semantic and the discourse gain, and the
+    range of its correlation with the semantic gain when any one variant (all its seeds) is
+    left out."""
+    found = [(v["name"], read_run(out / f"{v['name']}-seed{s}", s))
+             for v in saved_variants(out) for s in v["seeds"]]
+    found = [(name, r) for name, r in found
+             if r["report"].get("objective", "jepa") == objective]
+    variants, found = [name for name, _ in found], [r for _, r in found]
     gains = {kind: [_gain(r["report"], kind) for r in found] for kind in GAIN_KINDS}
     gains = {k: [np.nan if g is None else g for g in v] for k, v in gains.items()}
     rows = []
     for name, measure in LABEL_FREE.items():
         values = [measure(r) for r in found]
+        low, high = spearman_left_out(values, gains["semantic"], variants)
         rows.append([name, *(_rho(spearman(values, gains[k])) for k in GAIN_KINDS),
+                     "—" if np.isnan(low) else f"{_rho(low)} … {_rho(high)}",
                      str(int(np.sum(~np.isnan(values))))])
     return markdown_table(["label-free number (at the run's end)",
-                           *(f"ρ with the {k} gain" for k in GAIN_KINDS), "runs"], rows)
+                           *(f"ρ with the {k} gain" for k in GAIN_KINDS),
+                           "ρ with the semantic gain, one variant left out", "runs"], rows)
 
 
 def _rho(value: float) -> str:
