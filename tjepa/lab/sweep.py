@@ -261,11 +261,11 @@ def label_free_table(out: Path, objective: str = "jepa") -> str:
     label-free number's rank correlation with the semantic and the discourse gain, and the
     range of its correlation with the semantic gain when any one variant (all its seeds) is
     left out."""
-    found = [(v["name"], read_run(out / f"{v['name']}-seed{s}", s))
-             for v in saved_variants(out) for s in v["seeds"]]
-    found = [(name, r) for name, r in found
-             if r["report"].get("objective", "jepa") == objective]
-    variants, found = [name for name, _ in found], [r for _, r in found]
+    runs = [(v["name"], read_run(out / f"{v['name']}-seed{s}", s))
+            for v in saved_variants(out) for s in v["seeds"]]
+    runs = [(name, r) for name, r in runs if r["report"].get("objective", "jepa") == objective]
+    variants = [name for name, _ in runs]  # the variant of each run: its seeds leave together
+    found = [r for _, r in runs]
     gains = {kind: [_gain(r["report"], kind) for r in found] for kind in GAIN_KINDS}
     gains = {k: [np.nan if g is None else g for g in v] for k, v in gains.items()}
     rows = []
