@@ -95,6 +95,27 @@ def test_a_second_eval_reads_the_baselines_from_the_cache_and_scores_what_a_fres
     assert len(list((bins / "probe-cache").glob("*.json"))) == 2
 
 
+def test_rescored_shortcuts_are_those_a_fresh_eval_scores_and_leave_the_encoders_alone(
+        tiny_run, tmp_path):
+    kwargs = dict(max_documents=100, random_inits=1, progress=False, token_probes=False)
+    fresh = tjepa_eval.evaluate_run(tiny_run, **kwargs)
+    saved = tmp_path / "saved"
+    shutil.copytree(tiny_run, saved, ignore=shutil.ignore_patterns("*.pt"))  # no checkpoint
+    report = json.loads((saved / "eval.json").read_text())
+    for p in report["probes"]:  # an eval.json from before positional_words
+        if p["baselines"]:
+            del p["baselines"]["positional_words"]
+            p["best_baseline"] = max([p["random_init"], *p["baselines"].values()])
+    (saved / "eval.json").write_text(json.dumps(report))
+    rescored = tjepa_eval.rescore_shortcuts(saved, max_documents=100, progress=False)
+    assert rescored["probes"] == fresh["probes"]
+    assert (rescored["semantic_gain"], rescored["discourse_gain"]) == (
+        fresh["semantic_gain"], fresh["discourse_gain"])
+    assert rescored["shortcuts_rescored"] == sorted(probe.TEXT_SHORTCUTS)
+    with pytest.raises(RunError, match="--max-documents"):  # other texts than were probed
+        tjepa_eval.rescore_shortcuts(saved, max_documents=99, progress=False)
+
+
 def test_eval_cli_prints_json_last(tiny_run):
     result = subprocess.run([sys.executable, "-m", "tjepa.eval", str(tiny_run), "--json",
                              "--max-documents", "200", "--random-inits", "1"],

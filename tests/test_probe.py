@@ -60,6 +60,24 @@ def test_reordered_stories_hold_the_same_tokens_so_length_and_bag_of_words_canno
     assert swapped.tolist() == [8, 9, 10, 11, 12, 13, 14, 15, 1, 2, 3, 7, 4, 5, 6, 7]
 
 
+def test_positional_words_counts_each_quarter_apart_so_swapped_halves_show():
+    story = torch.arange(1, 17)[None, :]  # 16 distinct tokens: 4 per quarter
+    swapped = torch.cat([story[:, 8:], story[:, :8]], dim=1)
+    lengths = torch.tensor([16])
+    assert torch.equal(probe.bag_of_words(story, lengths), probe.bag_of_words(swapped, lengths))
+    assert not torch.equal(probe.positional_words(story, lengths),
+                           probe.positional_words(swapped, lengths))
+    # written out: token i of a text of n sits in quarter 4i // n, one row of counts each
+    tokens = torch.tensor([[5, 6, 7, 8, 9, 0, 0, 0], [3, 3, 4, 4, 4, 4, 4, 4]])
+    lengths = torch.tensor([5, 8])  # the first row ends in padding
+    by_hand = torch.zeros(2, probe.POSITION_PARTS, probe.BAG_OF_WORDS_BUCKETS)
+    for row, n in enumerate(lengths.tolist()):
+        for i in range(n):
+            by_hand[row, probe.POSITION_PARTS * i // n, tokens[row, i]] += 1
+    by_hand *= probe.POSITION_PARTS / lengths[:, None, None]
+    assert torch.allclose(probe.positional_words(tokens, lengths), by_hand.flatten(1))
+
+
 def test_same_story_pairs_cannot_be_told_apart_by_their_lengths(tinytales_bins):
     split = data.TokenBins(tinytales_bins).split("train")
     stories = [np.asarray(split.document(i)) for i in range(1600)]

@@ -27,7 +27,7 @@ import numpy as np
 from tjepa import data, plot, probe, probe_texts
 from tjepa.config import ConfigError
 from tjepa.lab.report import command_line, markdown_table, write_readme_table
-from tjepa.runs import RunError, load_run, read_metrics
+from tjepa.runs import RunError, load_config, load_run, read_metrics
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "cpu",
@@ -68,6 +68,54 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device
     fig = plot.probe_figure(results)
     fig.savefig(run_dir / "eval.png", dpi=110)
     plot.plt.close(fig)
+    return report
+
+
+def rescore_shortcuts(run_dir: str | Path, data_dir: str | Path | None = None,
+                      max_documents: int = probe.MAX_PROBE_DOCUMENTS,
+                      progress: bool = True, memo: dict | None = None) -> dict:
+    """A saved ``eval.json`` with the text-only shortcuts scored again (``probe.TEXT_SHORTCUTS``,
+    one it lacks included), and its best baselines, margins and gains worked out anew; the
+    encoders' scores stay as they are. The shortcuts read the probe texts alone, so this
+    needs the run's config and data but not its checkpoint. Rewrites eval.json (and eval.png
+    where there is one) and returns the report; ``shortcuts_rescored`` names the shortcuts.
+    ``memo`` keeps the scores by the texts' settings, for the runs of one sweep to share."""
+    run_dir = Path(run_dir)
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no eval.json; run python -m tjepa.eval {run_dir}")
+    report = json.loads(path.read_text())
+    config = load_config(run_dir / "config.toml")
+    bins = data.TokenBins(data_dir or report.get("data") or config.data.dir)
+    settings = (str(bins.path.resolve()), config.data.block_size, config.train.seed,
+                max_documents)
+    memo = {} if memo is None else memo
+    if settings not in memo:
+        memo[settings] = probe.shortcut_scores(bins, *settings[1:], progress=progress)
+    scores = memo[settings]
+    results = []
+    for record in report["probes"]:
+        result = probe.ProbeResult.from_dict(record)
+        found = scores.get(result.name)
+        if found is not None and result.baselines:
+            if (found["n_train"], found["n_val"]) != (result.n_train, result.n_val):
+                raise RunError(
+                    f"{path}: {result.name} was probed on {result.n_train} + {result.n_val} "
+                    f"texts, the shortcuts on {found['n_train']} + {found['n_val']}: pass the "
+                    f"--max-documents and --data it was evaluated with")
+            # in SHORTCUTS order, as a fresh eval has them: a tie's best_baseline_name follows it
+            merged = result.baselines | found["baselines"]
+            result.baselines = {k: merged[k] for k in probe.SHORTCUTS if k in merged}
+        results.append(result)
+    report.update(probes=probe.as_dicts(results),
+                  semantic_gain=probe.gain(results, "semantic"),
+                  discourse_gain=probe.gain(results, "discourse"),
+                  shortcuts_rescored=sorted(probe.TEXT_SHORTCUTS))
+    path.write_text(json.dumps(report, indent=2))
+    if (run_dir / "eval.png").is_file():
+        fig = plot.probe_figure(results)
+        fig.savefig(run_dir / "eval.png", dpi=110)
+        plot.plt.close(fig)
     return report
 
 
@@ -143,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true",
                         help="score the random-init twins and the text-only shortcuts again, "
                              "not from the bins folder's probe-cache/ (the same numbers)")
+    parser.add_argument("--rescore-shortcuts", action="store_true",
+                        help="score the text-only shortcuts again into each run's saved "
+                             "eval.json (one it lacks included) and rework its margins and "
+                             "gains; the encoders' scores stay, no checkpoint is read")
     parser.add_argument("--saved", action="store_true",
                         help="with several runs: table their saved eval.json, probe nothing")
     parser.add_argument("--readme", help="with several runs: write their table between this "
@@ -155,7 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme and not tabled:
         parser.error("--readme writes the table of several runs (or of --saved ones)")
     try:
-        for run_dir in [] if args.saved else args.run_dirs:
+        memo: dict = {}
+        for run_dir in args.run_dirs if args.rescore_shortcuts else []:
+            report = rescore_shortcuts(run_dir, args.data, args.max_documents, memo=memo)
+            print(f"{run_dir}: shortcuts rescored; semantic gain {report['semantic_gain']:+.3f}"
+                  + ("" if report["discourse_gain"] is None
+                     else f", discourse gain {report['discourse_gain']:+.3f}"))
+        for run_dir in [] if args.saved or args.rescore_shortcuts else args.run_dirs:
             report = evaluate_run(run_dir, args.data, args.device, args.max_documents,
                                   args.random_inits, checkpoint=args.checkpoint,
                                   token_probes=not args.no_token_probes,

@@ -7,8 +7,10 @@ and whether anything cheaper reads it as well. Every probe is scored for
 - the trained target encoder (mean-pooled);
 - ``random_init``: random-init twins of the same shape (the mean over them);
 - shortcuts: ``length`` (the number of tokens, and its log), ``bag_of_words`` (token
-  frequencies, hashed into ``BAG_OF_WORDS_BUCKETS``) and ``bag_of_embeddings`` (the mean of
-  the trained model's input embeddings: a bag of words through a learned table).
+  frequencies, hashed into ``BAG_OF_WORDS_BUCKETS``), ``positional_words`` (a bag of words
+  for each quarter of the text: it sees where a story's opening or ending went) and
+  ``bag_of_embeddings`` (the mean of the trained model's input embeddings: a bag of words
+  through a learned table).
 
 ``best_baseline`` is the best of random init and the shortcuts; a probe's margin is
 ``trained − best_baseline``, and the headline (``semantic_gain``) is the mean margin over the
@@ -24,7 +26,8 @@ and whether anything cheaper reads it as well. Every probe is scored for
   - ``order:halves`` and ``order:words`` (any corpus): is the story as written, or are its
     two halves swapped at the sentence end nearest the middle (``halves``), or is a window of
     ``SHUFFLE_WINDOW`` tokens in its middle shuffled (``words``)? Both versions hold the same
-    tokens, so length and bag of words read nothing by construction;
+    tokens, so length and bag of words read nothing by construction; ``positional_words``
+    reads ``halves`` (the opening's words land in the back quarters);
 - ``discourse`` (any corpus): the order and coherence of a story's sentences, built from
   raw text by ``tjepa.probe_texts`` (bigram shift, the order of a sentence pair, a
   sentence's position, the halves of a story after its opening, a sentence from another
@@ -66,12 +69,13 @@ MAX_PROBE_DOCUMENTS = 2000  # per split; enough for stable accuracies, seconds o
 MAX_PROBE_TOKENS = 20_000
 RANDOM_INITS = 3  # random-init twins per document probe
 BAG_OF_WORDS_BUCKETS = 1024
+POSITION_PARTS = 4  # the stretches of a text that ``positional_words`` counts apart
 ORDER_MIN_TOKENS = 24  # stories shorter than this sit out the order probes
 # The forecast asks about the same number of positions after every prefix: with mask tokens
 # over the whole rest of the story, their count (the outcome's length) would tell the ending
 # to a predictor that learned nothing. Every tinytales outcome is longer than this.
 FORECAST_HORIZON = 24
-SHORTCUTS = ("length", "bag_of_words", "bag_of_embeddings")
+SHORTCUTS = ("length", "bag_of_words", "positional_words", "bag_of_embeddings")
 
 
 @dataclass
@@ -129,6 +133,19 @@ def bag_of_words(tokens: Tensor, lengths: Tensor,
     counts = torch.zeros(len(tokens), buckets, device=tokens.device)
     counts.scatter_add_(1, tokens % buckets, valid.float())
     return counts / lengths[:, None].float()
+
+
+def positional_words(tokens: Tensor, lengths: Tensor, parts: int = POSITION_PARTS,
+                     buckets: int = BAG_OF_WORDS_BUCKETS) -> Tensor:
+    """Token frequencies in each of ``parts`` equal stretches of a text, ids hashed into
+    ``buckets``: (B, parts · buckets). A bag of words that knows roughly where each word sits,
+    so that words moved from a story's opening or ending to its middle show."""
+    position = torch.arange(tokens.shape[1], device=tokens.device)[None, :]  # (1, T)
+    valid = position < lengths[:, None]  # (B, T)
+    part = (position * parts // lengths[:, None]).clamp(max=parts - 1)  # (B, T)
+    counts = torch.zeros(len(tokens), parts * buckets, device=tokens.device)
+    counts.scatter_add_(1, part * buckets + tokens % buckets, valid.float())
+    return counts * parts / lengths[:, None].float()
 
 
 def length_features(tokens: Tensor, lengths: Tensor) -> Tensor:
@@ -229,6 +246,14 @@ def score(features: dict[str, dict[str, Tensor]], labels: dict[str, Tensor], nam
 # --- the suite -----------------------------------------------------------------------------
 
 
+# name → features that read a text alone, no model: the shortcuts a saved report can take in
+TEXT_SHORTCUTS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "length": length_features,
+    "bag_of_words": bag_of_words,
+    "positional_words": positional_words,
+}
+
+
 def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: MaskingConfig,
                seed: int = 0, device: str = "cpu", max_documents: int = MAX_PROBE_DOCUMENTS,
                random_inits: int = RANDOM_INITS, progress: bool = True,
@@ -241,28 +266,24 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
     skip the probes that ask the predictor. ``token_probes=False`` leaves out the token-level
     probes (their readout over the whole vocabulary is most of the suite's time on real
     text): the document probes, semantic ones included, are unchanged. With ``cache``, the
-    scores that do not depend on the trained weights (the twins', ``length``'s and
-    ``bag_of_words``') are kept in the bins folder and read back by the next run
+    scores that do not depend on the trained weights (the twins' and the text-only
+    shortcuts') are kept in the bins folder and read back by the next run
     (``tjepa.probe_cache``): the same numbers, computed once."""
     twins = [random_twin(model, seed + 12345 + k, device) for k in range(random_inits)]
     remembered = BaselineCache(bins.path, {"seed": seed, "max_documents": max_documents,
                                            "block_size": block_size,
                                            "device": torch.device(device).type}, enabled=cache)
     fingerprints = {"length": "length", "bag_of_words": f"bag_of_words/{BAG_OF_WORDS_BUCKETS}",
+                    "positional_words": f"positional_words/{POSITION_PARTS}x"
+                                        f"{BAG_OF_WORDS_BUCKETS}",
                     **{f"random_init/{k}": weights_digest(m.target_encoder)
                        for k, m in enumerate(twins)}}
-    train_split, val_split = bins.split("train"), bins.split("val")
-    rng = np.random.default_rng(seed)
-    docs = {"train": np.sort(rng.permutation(len(train_split))[:max_documents]),
-            "val": np.arange(min(len(val_split), max_documents))}
-    splits = {"train": train_split, "val": val_split}
-    stories = {s: cut_stories(splits[s], docs[s], block_size) for s in splits}
+    splits, docs, stories = probe_documents(bins, block_size, seed, max_documents)
     feature_fns = {
         "trained": lambda t, n: pooled(model.target_encoder, t, n),
         **{f"random_init/{k}": (lambda t, n, m=m: pooled(m.target_encoder, t, n))
            for k, m in enumerate(twins)},
-        "length": length_features,
-        "bag_of_words": bag_of_words,
+        **TEXT_SHORTCUTS,
         "bag_of_embeddings": lambda t, n: bag_of_embeddings(model.context_encoder, t, n),
     }
 
@@ -270,12 +291,21 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
         found = {m: remembered.get(probe, f"{m}@{f}") for m, f in fingerprints.items()}
         return {m: v for m, v in found.items() if v is not None}
 
-    def features(sequences: dict[str, list[np.ndarray]],
-                 probe: str | None = None) -> dict[str, dict[str, Tensor]]:
+    last: dict = {"sequences": None, "features": {}}  # tinytales' factors share their texts
+
+    def features(sequences: dict[str, list[np.ndarray]], probe: str
+                 ) -> dict[str, dict[str, Tensor]]:
         """Each model's features of ``sequences``, but for those whose ``probe`` score is known."""
-        skip = known(probe) if probe else {}
-        return {name: {s: features_of(fn, seqs, device) for s, seqs in sequences.items()}
-                for name, fn in feature_fns.items() if name not in skip}
+        skip = known(probe)
+        same = last["sequences"] is not None and all(
+            last["sequences"][s] is seqs for s, seqs in sequences.items())
+        if not same:  # holding the texts keeps their ids from being reused
+            last.update(sequences=sequences, features={})
+        have = last["features"]
+        for name, fn in feature_fns.items():
+            if name not in skip and name not in have:
+                have[name] = {s: features_of(fn, seqs, device) for s, seqs in sequences.items()}
+        return {name: f for name, f in have.items() if name not in skip}
 
     def scored(features: dict, labels: dict[str, Tensor], name: str, kind: str) -> ProbeResult:
         """``score``, with the remembered scores in and the new baselines' scores kept."""
@@ -285,21 +315,78 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
                 remembered.put(name, f"{m}@{f}", fresh[m])
         return as_result(known(name) | fresh, labels, name, kind)
 
-    steps = tqdm(total=5, desc="probes", disable=not progress, leave=False)
     results = []
+    probes = document_probe_texts(bins, splits, docs, stories, block_size, seed)
+    for name, kind, texts, labels in tqdm(probes, desc="document probes", disable=not progress,
+                                          leave=False):
+        parts = [features({s: texts[s][i] for s in splits}, name)
+                 for i in range(len(texts["train"]))]
+        results.append(scored(paired(parts), labels, name, kind))
+    factors = bins.factors()
+    if factors and hasattr(model, "predict"):
+        results += forecast_probes(model, twins, factors, docs, splits, block_size, device)
+    if token_probes:
+        results += probe_tokens(model, twins[0], splits["train"], splits["val"], docs["train"],
+                                docs["val"], block_size, masking, seed, device, remembered)
+    remembered.save()
+    return results
+
+
+def shortcut_scores(bins: data.TokenBins, block_size: int, seed: int = 0,
+                    max_documents: int = MAX_PROBE_DOCUMENTS, progress: bool = True
+                    ) -> dict[str, dict]:
+    """The text-only shortcuts (``TEXT_SHORTCUTS``) on every document probe, on the texts and
+    with the readout ``run_probes`` uses, and no model: probe → ``{"baselines": {shortcut:
+    accuracy}, "n_train", "n_val"}``. They read no weights, so a saved report can take in a
+    new one without its checkpoint (``python -m tjepa.eval --rescore-shortcuts``)."""
+    splits, docs, stories = probe_documents(bins, block_size, seed, max_documents)
+    scores = {}
+    probes = document_probe_texts(bins, splits, docs, stories, block_size, seed)
+    for name, _, texts, labels in tqdm(probes, desc="shortcuts", disable=not progress,
+                                       leave=False):
+        parts = [{m: {s: features_of(fn, texts[s][i]) for s in splits}
+                  for m, fn in TEXT_SHORTCUTS.items()} for i in range(len(texts["train"]))]
+        scores[name] = {"baselines": fitted(paired(parts), labels),
+                        "n_train": len(labels["train"]), "n_val": len(labels["val"])}
+    return scores
+
+
+def probe_documents(bins: data.TokenBins, block_size: int, seed: int, max_documents: int):
+    """The stories the document probes read: the splits, each split's documents (a seeded
+    sample of ``max_documents`` training stories, the first ``max_documents`` validation ones)
+    and their first ``block_size`` tokens."""
+    splits = {"train": bins.split("train"), "val": bins.split("val")}
+    rng = np.random.default_rng(seed)
+    docs = {"train": np.sort(rng.permutation(len(splits["train"]))[:max_documents]),
+            "val": np.arange(min(len(splits["val"]), max_documents))}
+    return splits, docs, {s: cut_stories(splits[s], docs[s], block_size) for s in splits}
+
+
+def document_probe_texts(bins: data.TokenBins, splits: dict, docs: dict, stories: dict,
+                         block_size: int, seed: int):
+    """The document probes' texts and labels, probe by probe, as ``(name, kind, texts,
+    labels)``: ``texts[split]`` is a tuple of lists of token sequences (one, or two for a pair
+    probe, ``same_story``, whose features are then paired) and ``labels[split]`` an (N,)
+    tensor. tinytales' factors first, from the whole story (``semantic`` or ``lexical``) or its
+    prefix (``nonlinear``), then the probes any corpus has."""
     factors = bins.factors()
     if factors:
-        results += factor_probes(model, twins, factors, stories, docs, features, splits,
-                                 block_size, device)
-    steps.update()
+        contextual = factors.get("contextual", {})
+        prefix = ({s: [x[:p] for x, p in zip(stories[s], _prefix_lengths(factors, docs, s),
+                                             strict=True)] for s in splits}
+                  if "prefix_tokens" in factors else None)
+        for factor, values in factors["values"].items():
+            index = {v: i for i, v in enumerate(values)}
+            labels = {s: torch.tensor([index[v] for v in np.asarray(factors[s][factor])[docs[s]]])
+                      for s in splits}
+            from_prefix = contextual.get(factor) == "prefix"
+            kind = "nonlinear" if from_prefix else "semantic" if factor in contextual else "lexical"
+            texts = prefix if from_prefix else stories
+            yield f"factor:{factor}", kind, {s: (texts[s],) for s in splits}, labels
 
     pairs = {s: chunk_pairs(stories[s], seed) for s in splits}
-    a = features({s: pairs[s][0] for s in splits}, "same_story")
-    b = features({s: pairs[s][1] for s in splits}, "same_story")
-    results.append(scored({m: {s: pair_features(a[m][s], b[m][s]) for s in splits} for m in a},
-                          {s: torch.from_numpy(pairs[s][2]) for s in splits}, "same_story",
-                          "semantic"))
-    steps.update()
+    yield ("same_story", "semantic", {s: pairs[s][:2] for s in splits},
+           {s: torch.from_numpy(pairs[s][2]) for s in splits})
 
     ends = sentence_ends(bins.vocab)
     long_enough = {s: [x for x in stories[s] if len(x) >= ORDER_MIN_TOKENS] for s in splits}
@@ -307,10 +394,8 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
     for how in ("halves", "words") if min(map(len, long_enough.values())) >= 2 else ():
         altered = {s: reordered(long_enough[s], how, ends, seed + i)
                    for i, s in enumerate(splits)}
-        results.append(scored(features({s: altered[s][0] for s in splits}, f"order:{how}"),
-                              {s: torch.from_numpy(altered[s][1]) for s in splits},
-                              f"order:{how}", "semantic"))
-    steps.update()
+        yield (f"order:{how}", "semantic", {s: (altered[s][0],) for s in splits},
+               {s: torch.from_numpy(altered[s][1]) for s in splits})
 
     sentences = {s: [split_sentences(splits[s].document(d), ends) for d in docs[s]]
                  for s in splits}
@@ -318,46 +403,42 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
         made = {s: make(sentences[s], block_size, seed + i) for i, s in enumerate(splits)}
         if min(len(np.unique(labels)) for _, labels in made.values()) < 2:
             continue  # too few stories of enough sentences for this probe
-        results.append(scored(features({s: made[s][0] for s in splits}, f"discourse:{name}"),
-                              {s: torch.from_numpy(made[s][1]) for s in splits},
-                              f"discourse:{name}", "discourse"))
-    steps.update()
-
-    if token_probes:
-        results += probe_tokens(model, twins[0], train_split, val_split, docs["train"],
-                                docs["val"], block_size, masking, seed, device, remembered)
-    steps.update()
-    steps.close()
-    remembered.save()
-    return results
+        yield (f"discourse:{name}", "discourse", {s: (made[s][0],) for s in splits},
+               {s: torch.from_numpy(made[s][1]) for s in splits})
 
 
-def factor_probes(model, twins, factors: dict, stories, docs, features, splits,
-                  block_size: int, device: str) -> list[ProbeResult]:
-    """tinytales' factors from the whole story (``semantic`` or ``lexical``) or from its
-    prefix (``nonlinear``), and the predictor's forecast after the prefix (``pretext``)."""
+def paired(parts: list[dict[str, dict[str, Tensor]]]) -> dict[str, dict[str, Tensor]]:
+    """A probe's features per model and split from those of its texts: one text's as they
+    are, a pair's through ``pair_features``."""
+    if len(parts) == 1:
+        return parts[0]
+    a, b = parts
+    return {m: {s: pair_features(a[m][s], b[m][s]) for s in a[m]} for m in a}
+
+
+def forecast_probes(model: JEPA, twins: list[JEPA], factors: dict, docs: dict, splits: dict,
+                    block_size: int, device: str) -> list[ProbeResult]:
+    """The predictor's forecast after a tinytales story's prefix, read for the factors that
+    come from the prefix (``pretext``)."""
     contextual = factors.get("contextual", {})
-    whole = features(stories)
-    prefix_tokens = ({s: np.asarray(factors["prefix_tokens"][s])[docs[s]] for s in splits}
-                     if "prefix_tokens" in factors else None)
-    prefix = features({s: [x[:p] for x, p in zip(stories[s], prefix_tokens[s], strict=True)]
-                       for s in splits}) if prefix_tokens else None
     results = []
     for factor, values in factors["values"].items():
+        if contextual.get(factor) != "prefix":
+            continue
         index = {v: i for i, v in enumerate(values)}
         y = {s: torch.tensor([index[v] for v in np.asarray(factors[s][factor])[docs[s]]])
              for s in splits}
-        from_prefix = contextual.get(factor) == "prefix"
-        kind = "nonlinear" if from_prefix else "semantic" if factor in contextual else "lexical"
-        results.append(score(prefix if from_prefix else whole, y, f"factor:{factor}", kind))
-        if from_prefix and hasattr(model, "predict"):
-            forecasts = {name: {s: forecast_features(m, splits[s], docs[s], block_size,
-                                                     prefix_tokens[s], device)
-                                for s in splits}
-                         for name, m in {"trained": model, **{f"random_init/{k}": m for k, m
-                                                              in enumerate(twins)}}.items()}
-            results.append(score(forecasts, y, f"forecast:{factor}", "pretext"))
+        models = {"trained": model, **{f"random_init/{k}": m for k, m in enumerate(twins)}}
+        forecasts = {name: {s: forecast_features(m, splits[s], docs[s], block_size,
+                                                 _prefix_lengths(factors, docs, s), device)
+                            for s in splits}
+                     for name, m in models.items()}
+        results.append(score(forecasts, y, f"forecast:{factor}", "pretext"))
     return results
+
+
+def _prefix_lengths(factors: dict, docs: dict, split: str) -> np.ndarray:
+    return np.asarray(factors["prefix_tokens"][split])[docs[split]]
 
 
 def probe_tokens(model: JEPA, random_model: JEPA, train_split, val_split, train_docs, val_docs,
