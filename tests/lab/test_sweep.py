@@ -55,6 +55,12 @@ def test_sweep_trains_each_variant_once_and_tables_them_from_their_runs(tinytale
     assert sweep.main(["--out", str(tmp_path), "--saved", "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert table in text and "old" not in text and "tjepa.lab.sweep --out" in text
+    # --only: the variants named, in that order, the first one's baselines below them
+    assert sweep.main(["--out", str(tmp_path), "--saved", "--brief", "--only", "fast",
+                       "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| fast |" in text and "| base |" not in text and "(with fast)" in text
+    assert sweep.main(["--out", str(tmp_path), "--saved", "--only", "base,slow"]) == 1
 
 
 def _report(gain: float, probes: list[tuple[str, float]]) -> dict:

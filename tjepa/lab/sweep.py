@@ -341,6 +341,16 @@ def saved_rows(out: Path) -> list[dict]:
             for v in saved_variants(out)]
 
 
+def only_variants(rows: list[dict], names: list[str]) -> list[dict]:
+    """The rows of the variants ``names``, in that order."""
+    by_name = {row["variant"]: row for row in rows}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ConfigError(f"--only: no variant {', '.join(missing)} (there are "
+                          f"{', '.join(by_name)})")
+    return [by_name[n] for n in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tjepa.lab.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -364,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the markers' name: <!-- NAME:start --> … <!-- NAME:end -->")
     parser.add_argument("--brief", action="store_true",
                         help="the table's probes, gain and alarm only (for a front page)")
+    parser.add_argument("--only", metavar="NAME,NAME",
+                        help="the table's variants, in this order (default: all, as met)")
     parser.add_argument("--kind", default="semantic", choices=GAIN_KINDS,
                         help="which probes the table shows, and whose gain")
     parser.add_argument("--label-free", action="store_true",
@@ -384,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = sweep(variants, args.seeds, args.out, args.data, args.steps,
                          args.max_documents, args.random_inits, args.token_probes,
                          args.set)
+        if args.only:
+            rows = only_variants(rows, args.only.split(","))
         table = (label_free_table(Path(args.out)) if args.label_free
                  else sweep_table(rows, args.brief, args.kind))
     except ConfigError as e:
