@@ -337,16 +337,16 @@ def shortcut_scores(bins: data.TokenBins, block_size: int, seed: int = 0,
                     ) -> dict[str, dict]:
     """The text-only shortcuts (``TEXT_SHORTCUTS``) on every document probe, on the texts and
     with the readout ``run_probes`` uses, and no model: probe → ``{"baselines": {shortcut:
-    accuracy}, "n_train", "n_val"}``. They read no weights, so a saved report can take in a
+    accuracy}, "kind", "n_train", "n_val"}``. They read no weights, so a saved report can take in a
     new one without its checkpoint (``python -m tjepa.eval --rescore-shortcuts``)."""
     splits, docs, stories = probe_documents(bins, block_size, seed, max_documents)
     scores = {}
     probes = document_probe_texts(bins, splits, docs, stories, block_size, seed)
-    for name, _, texts, labels in tqdm(probes, desc="shortcuts", disable=not progress,
-                                       leave=False):
+    for name, kind, texts, labels in tqdm(probes, desc="shortcuts", disable=not progress,
+                                          leave=False):
         parts = [{m: {s: features_of(fn, texts[s][i]) for s in splits}
                   for m, fn in TEXT_SHORTCUTS.items()} for i in range(len(texts["train"]))]
-        scores[name] = {"baselines": fitted(paired(parts), labels),
+        scores[name] = {"baselines": fitted(paired(parts), labels), "kind": kind,
                         "n_train": len(labels["train"]), "n_val": len(labels["val"])}
     return scores
 

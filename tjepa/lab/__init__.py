@@ -4,5 +4,7 @@
 says where a step's and a run's time goes (``python -m tjepa.lab.breakdown``), ``ablate`` and
 ``sweep`` train and probe variants side by side (``python -m tjepa.lab.ablate``,
 ``python -m tjepa.lab.sweep``), ``book`` renders the executed notebooks as HTML pages
-(``python -m tjepa.lab.book``), and ``report`` writes the tables into the docs' pages.
+(``python -m tjepa.lab.book``), ``shortcuts`` says what the text-only shortcuts read on a
+corpus's probes (``python -m tjepa.lab.shortcuts``), and ``report`` writes the tables into
+the docs' pages.
 """
