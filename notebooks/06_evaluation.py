@@ -39,15 +39,19 @@
 # A JEPA has no output to read, so we ask what its frozen embeddings make *linearly*
 # readable (`tjepa/probe.py`, `python -m tjepa.eval RUN`), always next to **baselines** a
 # skeptic would ask for: a **random-init encoder** of the same shape, and shortcuts that read
-# no context at all — the story's **length**, a **bag of words** (token counts) and a **bag of
-# embeddings** (the mean of the input token embeddings). Each probe reports its *best
-# baseline* and the trained encoder's *margin* over it.
+# no context at all — the story's **length**, a **bag of words** (token counts), a
+# **positional bag of words** (token counts in each quarter of the text: where words sit, and
+# nothing else) and a **bag of embeddings** (the mean of the input token embeddings). Each
+# probe reports its *best baseline* and the trained encoder's *margin* over it.
 #
 # The `semantic` probes need context. On any text: whether two chunks come from the same story
 # (`same_story`: a bag of words reads shared names, so it is a strong baseline), whether a
 # story's halves were swapped (`order:halves`) and whether eight words in its middle were
 # shuffled (`order:words`). The altered and the original versions hold the same tokens, so
 # length and a bag of words read nothing there *by construction* — this notebook checks it.
+# Swapped halves do move words, though: the opening's "Once upon a time" and the ending's
+# last words land in the wrong quarters, and the positional bag of words reads that with no
+# context at all. A probe is only as good as the strongest shortcut it was checked against.
 # On tinytales, factor probes ask who the friend is and how the story ends.
 #
 # This notebook evaluates the run notebook 05 trained (in smoke mode, its few-step run).
@@ -87,6 +91,8 @@ for r in results:
 for name in ("order:halves", "order:words"):  # same tokens: the shortcuts read nothing
     shortcuts = by_name[name].baselines
     assert abs(shortcuts["length"] - 0.5) < 0.15 and abs(shortcuts["bag_of_words"] - 0.5) < 0.15
+# where the words sit is enough to tell swapped halves
+assert by_name["order:halves"].baselines["positional_words"] > 0.8
 if "factor:hero" in by_name:  # tinytales: a name is a word, so a bag of words reads it
     hero = by_name["factor:hero"].baselines
     assert max(hero["bag_of_words"], hero["bag_of_embeddings"]) > 0.9
@@ -166,6 +172,9 @@ assert len(examples) == 3 and all(len(e["hidden"]) == len(e["predicted"]) for e 
 #   semantic probes.
 # - Probes whose altered and original texts share their tokens (the order probes) cannot be
 #   passed by a bag of words; `same_story` can, and a bag of words reads it well.
+# - Sharing tokens is not enough: a positional bag of words reads swapped halves from where
+#   the opening's and the ending's words went. A margin counts only over the strongest
+#   shortcut a skeptic can name.
 # - A margin is a finding only well beyond the probe's sampling noise (exercise 2).
 #
 # ## References
@@ -220,3 +229,24 @@ embedded = probe.pooled(model.target_encoder, pair, pair_lengths)
 assert not torch.allclose(embedded[0], embedded[1], atol=1e-4)
 print(f"same counts; embeddings differ by {float((embedded[0] - embedded[1]).norm()):.3f} "
       f"(norm {float(embedded[0].norm()):.3f})")
+
+# %% [markdown]
+# **4. What a positional bag of words sees.** Count the tokens of each quarter of `story` and
+# of `swapped` by hand, check them against `probe.positional_words`, and show that the counts
+# differ although the bag of words does not.
+
+# %% tags=["solution"]
+def quarter_counts(tokens: np.ndarray) -> np.ndarray:
+    n = len(tokens)
+    counts = np.zeros((probe.POSITION_PARTS, probe.BAG_OF_WORDS_BUCKETS))
+    for i, t in enumerate(tokens):
+        counts[probe.POSITION_PARTS * i // n, t % probe.BAG_OF_WORDS_BUCKETS] += 1
+    return counts * probe.POSITION_PARTS / n
+
+
+by_quarter = probe.positional_words(pair, pair_lengths)  # (2, parts · buckets)
+for row, tokens in enumerate((story, swapped)):
+    assert np.allclose(by_quarter[row].numpy(), quarter_counts(tokens).ravel(), atol=1e-6)
+moved = int((quarter_counts(story) != quarter_counts(swapped)).any(1).sum())
+print(f"the same bag of words; the counts differ in {moved} of {probe.POSITION_PARTS} quarters")
+assert moved > 0
