@@ -57,20 +57,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tjepa import data, probe_texts
+from tjepa import data
 from tjepa.jepa import JEPA, encode_documents, mean_pool
 from tjepa.masking import MaskingConfig, MaskSampler, forecast_batch
 from tjepa.mlm import MaskedLM
 from tjepa.model import Encoder
 from tjepa.probe_cache import BaselineCache, weights_digest
-from tjepa.probe_texts import chunk_pairs, cut_stories, reordered, sentence_ends, split_sentences
+from tjepa.probe_texts import document_probe_texts, prefix_lengths, probe_documents
 
 MAX_PROBE_DOCUMENTS = 2000  # per split; enough for stable accuracies, seconds on a CPU
 MAX_PROBE_TOKENS = 20_000
 RANDOM_INITS = 3  # random-init twins per document probe
 BAG_OF_WORDS_BUCKETS = 1024
 POSITION_PARTS = 4  # the stretches of a text that ``positional_words`` counts apart
-ORDER_MIN_TOKENS = 24  # stories shorter than this sit out the order probes
 # The forecast asks about the same number of positions after every prefix: with mask tokens
 # over the whole rest of the story, their count (the outcome's length) would tell the ending
 # to a predictor that learned nothing. Every tinytales outcome is longer than this.
@@ -319,6 +318,7 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
     probes = document_probe_texts(bins, splits, docs, stories, block_size, seed)
     for name, kind, texts, labels in tqdm(probes, desc="document probes", disable=not progress,
                                           leave=False):
+        labels = {s: torch.from_numpy(y) for s, y in labels.items()}
         parts = [features({s: texts[s][i] for s in splits}, name)
                  for i in range(len(texts["train"]))]
         results.append(scored(paired(parts), labels, name, kind))
@@ -344,67 +344,12 @@ def shortcut_scores(bins: data.TokenBins, block_size: int, seed: int = 0,
     probes = document_probe_texts(bins, splits, docs, stories, block_size, seed)
     for name, kind, texts, labels in tqdm(probes, desc="shortcuts", disable=not progress,
                                           leave=False):
+        labels = {s: torch.from_numpy(y) for s, y in labels.items()}
         parts = [{m: {s: features_of(fn, texts[s][i]) for s in splits}
                   for m, fn in TEXT_SHORTCUTS.items()} for i in range(len(texts["train"]))]
         scores[name] = {"baselines": fitted(paired(parts), labels), "kind": kind,
                         "n_train": len(labels["train"]), "n_val": len(labels["val"])}
     return scores
-
-
-def probe_documents(bins: data.TokenBins, block_size: int, seed: int, max_documents: int):
-    """The stories the document probes read: the splits, each split's documents (a seeded
-    sample of ``max_documents`` training stories, the first ``max_documents`` validation ones)
-    and their first ``block_size`` tokens."""
-    splits = {"train": bins.split("train"), "val": bins.split("val")}
-    rng = np.random.default_rng(seed)
-    docs = {"train": np.sort(rng.permutation(len(splits["train"]))[:max_documents]),
-            "val": np.arange(min(len(splits["val"]), max_documents))}
-    return splits, docs, {s: cut_stories(splits[s], docs[s], block_size) for s in splits}
-
-
-def document_probe_texts(bins: data.TokenBins, splits: dict, docs: dict, stories: dict,
-                         block_size: int, seed: int):
-    """The document probes' texts and labels, probe by probe, as ``(name, kind, texts,
-    labels)``: ``texts[split]`` is a tuple of lists of token sequences (one, or two for a pair
-    probe, ``same_story``, whose features are then paired) and ``labels[split]`` an (N,)
-    tensor. tinytales' factors first, from the whole story (``semantic`` or ``lexical``) or its
-    prefix (``nonlinear``), then the probes any corpus has."""
-    factors = bins.factors()
-    if factors:
-        contextual = factors.get("contextual", {})
-        prefix = ({s: [x[:p] for x, p in zip(stories[s], _prefix_lengths(factors, docs, s),
-                                             strict=True)] for s in splits}
-                  if "prefix_tokens" in factors else None)
-        for factor, values in factors["values"].items():
-            index = {v: i for i, v in enumerate(values)}
-            labels = {s: torch.tensor([index[v] for v in np.asarray(factors[s][factor])[docs[s]]])
-                      for s in splits}
-            from_prefix = contextual.get(factor) == "prefix"
-            kind = "nonlinear" if from_prefix else "semantic" if factor in contextual else "lexical"
-            texts = prefix if from_prefix else stories
-            yield f"factor:{factor}", kind, {s: (texts[s],) for s in splits}, labels
-
-    pairs = {s: chunk_pairs(stories[s], seed) for s in splits}
-    yield ("same_story", "semantic", {s: pairs[s][:2] for s in splits},
-           {s: torch.from_numpy(pairs[s][2]) for s in splits})
-
-    ends = sentence_ends(bins.vocab)
-    long_enough = {s: [x for x in stories[s] if len(x) >= ORDER_MIN_TOKENS] for s in splits}
-    # a corpus of very short documents has nothing to reorder
-    for how in ("halves", "words") if min(map(len, long_enough.values())) >= 2 else ():
-        altered = {s: reordered(long_enough[s], how, ends, seed + i)
-                   for i, s in enumerate(splits)}
-        yield (f"order:{how}", "semantic", {s: (altered[s][0],) for s in splits},
-               {s: torch.from_numpy(altered[s][1]) for s in splits})
-
-    sentences = {s: [split_sentences(splits[s].document(d), ends) for d in docs[s]]
-                 for s in splits}
-    for name, make in probe_texts.DISCOURSE.items():
-        made = {s: make(sentences[s], block_size, seed + i) for i, s in enumerate(splits)}
-        if min(len(np.unique(labels)) for _, labels in made.values()) < 2:
-            continue  # too few stories of enough sentences for this probe
-        yield (f"discourse:{name}", "discourse", {s: (made[s][0],) for s in splits},
-               {s: torch.from_numpy(made[s][1]) for s in splits})
 
 
 def paired(parts: list[dict[str, dict[str, Tensor]]]) -> dict[str, dict[str, Tensor]]:
@@ -430,15 +375,11 @@ def forecast_probes(model: JEPA, twins: list[JEPA], factors: dict, docs: dict, s
              for s in splits}
         models = {"trained": model, **{f"random_init/{k}": m for k, m in enumerate(twins)}}
         forecasts = {name: {s: forecast_features(m, splits[s], docs[s], block_size,
-                                                 _prefix_lengths(factors, docs, s), device)
+                                                 prefix_lengths(factors, docs, s), device)
                             for s in splits}
                      for name, m in models.items()}
         results.append(score(forecasts, y, f"forecast:{factor}", "pretext"))
     return results
-
-
-def _prefix_lengths(factors: dict, docs: dict, split: str) -> np.ndarray:
-    return np.asarray(factors["prefix_tokens"][split])[docs[split]]
 
 
 def probe_tokens(model: JEPA, random_model: JEPA, train_split, val_split, train_docs, val_docs,

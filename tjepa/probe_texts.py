@@ -21,8 +21,13 @@ rule for turning stories (token ids) into altered texts and labels, split by spl
     them (not the first) replaced by the sentence of another story nearest in length, or not.
 
   The first four alter only the order of the same tokens: length and a bag of words read
-  nothing by construction. ``foreign`` brings in another story's words, which a bag of words
-  may read (another story's names); its baselines say how far that goes.
+  nothing by construction (a positional bag of words still reads ``halves``, by where the
+  ending went). ``foreign`` brings in another story's words, which a bag of words may read
+  (another story's names); its baselines say how far that goes.
+
+``probe_documents`` picks the stories a suite reads and ``document_probe_texts`` turns them
+into every document probe's texts and labels, in the order the suite scores them: what
+``probe.run_probes`` embeds and ``probe.shortcut_scores`` counts.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ SHUFFLE_WINDOW = 8
 POSITION_SENTENCES = 5  # sentences in a ``position`` window: its number of classes
 FOREIGN_SENTENCES = 4  # sentences in a ``foreign`` window
 MIN_SENTENCE_TOKENS = 4  # shorter sentences ("Yes!") sit out bigram_shift
+ORDER_MIN_TOKENS = 24  # stories shorter than this sit out the order probes
 
 
 def cut_stories(split: data.DocumentSplit, documents: Iterable[int], block_size: int
@@ -224,6 +230,71 @@ DISCOURSE: dict[str, Callable[..., tuple[list[np.ndarray], np.ndarray]]] = {
     "halves": halves,
     "foreign": foreign,
 }
+
+
+# --- the suite's texts, probe by probe --------------------------------------------------
+
+
+def probe_documents(bins: data.TokenBins, block_size: int, seed: int, max_documents: int
+                    ) -> tuple[dict, dict, dict[str, list[np.ndarray]]]:
+    """The stories the document probes read: the splits, each split's documents (a seeded
+    sample of ``max_documents`` training stories, the first ``max_documents`` validation ones)
+    and their first ``block_size`` tokens."""
+    splits = {"train": bins.split("train"), "val": bins.split("val")}
+    rng = np.random.default_rng(seed)
+    docs = {"train": np.sort(rng.permutation(len(splits["train"]))[:max_documents]),
+            "val": np.arange(min(len(splits["val"]), max_documents))}
+    return splits, docs, {s: cut_stories(splits[s], docs[s], block_size) for s in splits}
+
+
+def document_probe_texts(bins: data.TokenBins, splits: dict, docs: dict, stories: dict,
+                         block_size: int, seed: int):
+    """The document probes' texts and labels, probe by probe, as ``(name, kind, texts,
+    labels)``: ``texts[split]`` is a tuple of lists of token sequences (one, or two for a pair
+    probe, ``same_story``, whose features are then paired) and ``labels[split]`` an (N,)
+    int64 array. tinytales' factors first, from the whole story (``semantic`` or ``lexical``) or its
+    prefix (``nonlinear``), then the probes any corpus has."""
+    factors = bins.factors()
+    if factors:
+        contextual = factors.get("contextual", {})
+        prefix = ({s: [x[:p] for x, p in zip(stories[s], prefix_lengths(factors, docs, s),
+                                             strict=True)] for s in splits}
+                  if "prefix_tokens" in factors else None)
+        for factor, values in factors["values"].items():
+            index = {v: i for i, v in enumerate(values)}
+            labels = {s: np.array([index[v] for v in np.asarray(factors[s][factor])[docs[s]]],
+                                  dtype=np.int64) for s in splits}
+            from_prefix = contextual.get(factor) == "prefix"
+            kind = "nonlinear" if from_prefix else "semantic" if factor in contextual else "lexical"
+            texts = prefix if from_prefix else stories
+            yield f"factor:{factor}", kind, {s: (texts[s],) for s in splits}, labels
+
+    pairs = {s: chunk_pairs(stories[s], seed) for s in splits}
+    yield ("same_story", "semantic", {s: pairs[s][:2] for s in splits},
+           {s: pairs[s][2] for s in splits})
+
+    ends = sentence_ends(bins.vocab)
+    long_enough = {s: [x for x in stories[s] if len(x) >= ORDER_MIN_TOKENS] for s in splits}
+    # a corpus of very short documents has nothing to reorder
+    for how in ("halves", "words") if min(map(len, long_enough.values())) >= 2 else ():
+        altered = {s: reordered(long_enough[s], how, ends, seed + i)
+                   for i, s in enumerate(splits)}
+        yield (f"order:{how}", "semantic", {s: (altered[s][0],) for s in splits},
+               {s: altered[s][1] for s in splits})
+
+    sentences = {s: [split_sentences(splits[s].document(d), ends) for d in docs[s]]
+                 for s in splits}
+    for name, make in DISCOURSE.items():
+        made = {s: make(sentences[s], block_size, seed + i) for i, s in enumerate(splits)}
+        if min(len(np.unique(labels)) for _, labels in made.values()) < 2:
+            continue  # too few stories of enough sentences for this probe
+        yield (f"discourse:{name}", "discourse", {s: (made[s][0],) for s in splits},
+               {s: made[s][1] for s in splits})
+
+
+def prefix_lengths(factors: dict, docs: dict, split: str) -> np.ndarray:
+    """How many tokens of each of a split's probe documents come before its tinytales ending."""
+    return np.asarray(factors["prefix_tokens"][split])[docs[split]]
 
 
 # --- helpers -------------------------------------------------------------------------------
