@@ -167,7 +167,8 @@ assert len(examples) == 3 and all(len(e["hidden"]) == len(e["predicted"]) for e 
 # - A probe is a logistic regression on frozen, mean-pooled embeddings, scored on held-out
 #   stories; linear, so it reads what the embedding makes explicit.
 # - Baselines: a random-init encoder of the same shape (what architecture alone gives), the
-#   story's length, a bag of words and a bag of embeddings (what the surface gives). A probe's
+#   story's length, a bag of words, a positional bag of words and a bag of embeddings (what
+#   the surface gives). A probe's
 #   margin is its accuracy minus the best of them; the semantic gain is the mean margin of the
 #   semantic probes.
 # - Probes whose altered and original texts share their tokens (the order probes) cannot be
