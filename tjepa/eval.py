@@ -2,6 +2,7 @@
 
     python -m tjepa.eval out/default-20260101-120000 [--data DIR] [--json]
     python -m tjepa.eval RUN RUN ... [--saved] [--readme docs/results.md --marker NAME]
+    python -m tjepa.eval RUN ... --rescore-shortcuts   # saved reports, the shortcuts anew
 
 Writes ``eval.json`` and ``eval.png`` into each run folder; with ``--json`` the last line
 printed is ``{"probes": [...], "rankme": ..., "semantic_gain": ...}`` (of the last run); every
