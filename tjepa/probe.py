@@ -63,7 +63,7 @@ from tjepa.masking import MaskingConfig, MaskSampler, forecast_batch
 from tjepa.mlm import MaskedLM
 from tjepa.model import Encoder
 from tjepa.probe_cache import BaselineCache, weights_digest
-from tjepa.probe_texts import document_probe_texts, prefix_lengths, probe_documents
+from tjepa.probe_texts import document_probe_texts, factor_labels, prefix_lengths, probe_documents
 
 MAX_PROBE_DOCUMENTS = 2000  # per split; enough for stable accuracies, seconds on a CPU
 MAX_PROBE_TOKENS = 20_000
@@ -367,12 +367,10 @@ def forecast_probes(model: JEPA, twins: list[JEPA], factors: dict, docs: dict, s
     come from the prefix (``pretext``)."""
     contextual = factors.get("contextual", {})
     results = []
-    for factor, values in factors["values"].items():
+    for factor in factors["values"]:
         if contextual.get(factor) != "prefix":
             continue
-        index = {v: i for i, v in enumerate(values)}
-        y = {s: torch.tensor([index[v] for v in np.asarray(factors[s][factor])[docs[s]]])
-             for s in splits}
+        y = {s: torch.from_numpy(factor_labels(factors, factor, docs, s)) for s in splits}
         models = {"trained": model, **{f"random_init/{k}": m for k, m in enumerate(twins)}}
         forecasts = {name: {s: forecast_features(m, splits[s], docs[s], block_size,
                                                  prefix_lengths(factors, docs, s), device)

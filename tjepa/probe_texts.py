@@ -260,10 +260,8 @@ def document_probe_texts(bins: data.TokenBins, splits: dict, docs: dict, stories
         prefix = ({s: [x[:p] for x, p in zip(stories[s], prefix_lengths(factors, docs, s),
                                              strict=True)] for s in splits}
                   if "prefix_tokens" in factors else None)
-        for factor, values in factors["values"].items():
-            index = {v: i for i, v in enumerate(values)}
-            labels = {s: np.array([index[v] for v in np.asarray(factors[s][factor])[docs[s]]],
-                                  dtype=np.int64) for s in splits}
+        for factor in factors["values"]:
+            labels = {s: factor_labels(factors, factor, docs, s) for s in splits}
             from_prefix = contextual.get(factor) == "prefix"
             kind = "nonlinear" if from_prefix else "semantic" if factor in contextual else "lexical"
             texts = prefix if from_prefix else stories
@@ -290,6 +288,14 @@ def document_probe_texts(bins: data.TokenBins, splits: dict, docs: dict, stories
             continue  # too few stories of enough sentences for this probe
         yield (f"discourse:{name}", "discourse", {s: (made[s][0],) for s in splits},
                {s: made[s][1] for s in splits})
+
+
+def factor_labels(factors: dict, factor: str, docs: dict, split: str) -> np.ndarray:
+    """A tinytales factor's value for each of a split's probe documents, as the index of that
+    value among the factor's values: (N,) int64."""
+    index = {v: i for i, v in enumerate(factors["values"][factor])}
+    return np.array([index[v] for v in np.asarray(factors[split][factor])[docs[split]]],
+                    dtype=np.int64)
 
 
 def prefix_lengths(factors: dict, docs: dict, split: str) -> np.ndarray:
