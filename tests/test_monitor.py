@@ -9,14 +9,17 @@ import torch
 
 from tests.helpers import SMALL_MODEL
 from tjepa.jepa import JEPA
+from tjepa.masking import MaskingConfig, MaskSampler
 from tjepa.mlm import MaskedLM
 from tjepa.monitor import (
     CollapseAlarm,
     MonitorConfig,
     collapse_metrics,
     embedding_std,
+    lidar,
     measure,
     rankme,
+    view_embeddings,
 )
 from tjepa.objective import ObjectiveConfig, sigreg
 
@@ -139,3 +142,40 @@ def test_measure_reports_a_jepas_regression_targets_and_no_targets_for_a_masked_
     assert measured["targets_rankme"] != measured["rankme"]  # not the last layer read again
     masked_lm = MaskedLM(SMALL_MODEL, ObjectiveConfig(name="mlm")).eval()
     assert not any(k.startswith("targets_") for k in measure(masked_lm, tokens, lengths))
+
+
+def documents_with_views(n: int, d: int, k: int, noise: float, q: int = 6) -> torch.Tensor:
+    """N documents spread over k of d dimensions, each seen Q times with isotropic noise."""
+    g = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(d, k, generator=g))
+    clean = torch.randn(n, k, generator=g) @ basis.T  # (N, D)
+    return clean[:, None] + noise * torch.randn(n, q, d, generator=g)
+
+
+@pytest.mark.parametrize("k", [2, 8, 20])
+def test_lidar_counts_the_directions_along_which_documents_differ_beyond_their_views(k):
+    views = documents_with_views(n=2000, d=32, k=k, noise=0.05)
+    assert abs(lidar(views) - k) < 0.15 * k
+    assert rankme(views.flatten(0, 1)) > k  # the noise fills every direction for RankMe
+
+
+def test_lidar_is_blind_to_an_invertible_linear_map_of_the_embeddings():
+    views = documents_with_views(n=1000, d=16, k=6, noise=0.3)
+    g = torch.Generator().manual_seed(1)
+    mixed = views @ (torch.randn(16, 16, generator=g) + 4 * torch.eye(16))
+    assert lidar(mixed) == pytest.approx(lidar(views), rel=1e-3)
+
+
+def test_view_embeddings_pool_each_views_context_tokens_alone():
+    tokens = torch.randint(1, 50, (3, 24), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([24, 19, 12])
+    torch.manual_seed(0)
+    encoder = JEPA(SMALL_MODEL).context_encoder.eval()
+    batch = MaskSampler(MaskingConfig(views=4), seed=0)(tokens, lengths)
+    pooled = view_embeddings(encoder, batch)
+    assert pooled.shape == (3, 4, SMALL_MODEL.dim)
+    for v in range(len(batch.document)):  # each view by itself, no padding anywhere
+        keep = batch.context_positions[v][batch.context_valid[v]]
+        alone = encoder(tokens[batch.document[v], keep][None], keep[None], None)
+        torch.testing.assert_close(pooled[v // 4, v % 4], alone[0].mean(0), atol=1e-5,
+                                   rtol=1e-4)

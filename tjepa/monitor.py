@@ -13,6 +13,10 @@ representation dies. The metrics below tell these apart:
   Balestriero & LeCun 2025), ≈ 0.55 for Gaussian embeddings once centred and scaled, far
   larger when they are squeezed into few directions.
 
+``lidar`` (Thilak et al. 2023) is not watched live: it needs several masked views of each
+document, and counts only the directions along which documents differ more than one document's
+views do (``python -m tjepa.lab.lidar`` measures it on trained runs).
+
 ``std`` misses dimensional collapse: embeddings on a 2-D plane still spread out. RankMe and
 SIGReg catch it, so the alarm rests on RankMe (and on ``std`` only for the complete collapse it
 does see). Metrics are computed on token embeddings (plain keys) and, for RankMe and std, on
@@ -40,8 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tjepa.attention import attention_mask
 from tjepa.config import check
 from tjepa.jepa import JEPA, encode_documents, mean_pool
+from tjepa.masking import MaskedBatch
 from tjepa.objective import sigreg
 
 
@@ -93,6 +99,39 @@ def collapse_metrics(tokens: Tensor, documents: Tensor | None = None,
         metrics["rankme_doc"] = rankme(documents)
         metrics["std_doc"] = embedding_std(documents)
     return {f"{prefix}{k}": round(v, 5) for k, v in metrics.items()}
+
+
+def lidar(views: Tensor, delta: float = 1e-4, eps: float = 1e-7) -> float:
+    """LiDAR (Thilak et al. 2023): the effective rank of the linear discriminant matrix of
+    embeddings (N, Q, D), Q views of each of N documents, each document a class of its own:
+    exp(entropy(λ / Σλ)) over the eigenvalues λ of Σ_w^(-1/2) Σ_b Σ_w^(-1/2), with Σ_b the
+    scatter of the documents' mean embeddings and Σ_w that of each document's views around its
+    mean (plus ``delta`` on the diagonal). RankMe counts every direction the embeddings use;
+    LiDAR only those along which documents differ more than one document's views do."""
+    x = views.double()
+    n, q, d = x.shape
+    means = x.mean(1)  # (N, D)
+    between_dev = means - means.mean(0)
+    between = between_dev.T @ between_dev / (n - 1)  # (D, D)
+    within_dev = (x - means[:, None]).reshape(n * q, d)
+    within = within_dev.T @ within_dev / (n * (q - 1)) + delta * torch.eye(d, dtype=x.dtype,
+                                                                        device=x.device)
+    values, vectors = torch.linalg.eigh(within)
+    inv_sqrt = vectors @ torch.diag(values.clamp(min=delta).rsqrt()) @ vectors.T
+    spectrum = torch.linalg.eigvalsh(inv_sqrt @ between @ inv_sqrt).clamp(min=0)
+    p = spectrum / spectrum.sum().clamp(min=eps) + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def view_embeddings(encoder, batch: MaskedBatch, attention: str = "sdpa") -> Tensor:
+    """An encoder on each view's context tokens alone, mean-pooled over them: (B, Q, D) for a
+    batch of B documents with Q views each (``MaskedBatch.document`` runs document-major)."""
+    tokens = batch.tokens[batch.document[:, None], batch.context_positions]  # (V, C)
+    groups = torch.where(batch.context_valid, 0, -1)
+    h = encoder(tokens, batch.context_positions, attention_mask(groups, attention))  # (V, C, D)
+    pooled = mean_pool(h.float(), batch.context_valid.sum(1))  # context slots come first
+    return pooled.view(len(batch.lengths), -1, pooled.shape[-1])
 
 
 WATCHED = {"": "target encoder", "targets_": "regression targets"}  # key prefix: what it is

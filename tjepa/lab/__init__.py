@@ -5,6 +5,8 @@ says where a step's and a run's time goes (``python -m tjepa.lab.breakdown``), `
 ``sweep`` train and probe variants side by side (``python -m tjepa.lab.ablate``,
 ``python -m tjepa.lab.sweep``), ``book`` renders the executed notebooks as HTML pages
 (``python -m tjepa.lab.book``), ``shortcuts`` says what the text-only shortcuts read on a
-corpus's probes (``python -m tjepa.lab.shortcuts``), and ``report`` writes the tables into
+corpus's probes (``python -m tjepa.lab.shortcuts``), ``gradients`` what each loss term sends
+into the context encoder (``python -m tjepa.lab.gradients``), ``lidar`` measures trained runs'
+LiDAR (``python -m tjepa.lab.lidar``), and ``report`` writes the tables into
 the docs' pages.
 """

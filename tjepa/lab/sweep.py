@@ -83,11 +83,14 @@ def run_variant(variant: Variant, seed: int, out: Path, data_dir: str | None = N
 
 
 def read_run(run_dir: Path, seed: int) -> dict:
-    """A finished, probed run of a sweep: its eval report, metrics and seconds per step."""
+    """A finished, probed run of a sweep: its eval report, metrics and seconds per step, and
+    its LiDAR when ``python -m tjepa.lab.lidar`` has measured it (``lidar.json``)."""
     metrics = read_metrics(run_dir)
     timed = [m for m in metrics if "elapsed_s" in m]
+    measured = run_dir / "lidar.json"
     return {"seed": seed, "run_dir": str(run_dir),
             "report": json.loads((run_dir / "eval.json").read_text()), "metrics": metrics,
+            "lidar": json.loads(measured.read_text()) if measured.is_file() else {},
             "seconds_per_step": timed[-1]["elapsed_s"] / max(timed[-1]["step"], 1)}
 
 
@@ -217,6 +220,10 @@ LABEL_FREE: dict[str, Callable[[dict], float]] = {
     "val loss below the constant's": _gap,
     "the same, relative to the constant's": lambda run: _gap(run, relative=True),
     "target token share": lambda run: run["report"].get("target_token_share", float("nan")),
+    "LiDAR (context encoder, over masks)": lambda run: run["lidar"].get("context_lidar",
+                                                                        float("nan")),
+    "LiDAR (target encoder, over masks)": lambda run: run["lidar"].get("target_lidar",
+                                                                       float("nan")),
 }
 
 

@@ -1,0 +1,86 @@
+"""LiDAR of trained runs: how many directions of a run's embeddings tell documents apart better
+than the masks of one document do (``tjepa.monitor.lidar``, Thilak et al. 2023).
+
+    python -m tjepa.lab.lidar RUN [RUN ...] [--data DIR] [--documents N] [--views Q]
+
+For each run folder: its ``last.pt``, on the first ``--documents`` validation documents, each
+seen through ``--views`` masks drawn by the run's own masking (its UL2 mixture: a view is what
+the context encoder reads in training). Both encoders read every view's context tokens alone,
+mean-pooled; LiDAR treats each document as a class and its views as that class's samples. The
+masks are drawn from one fixed seed, so every run sees the same views of the same documents.
+Writes ``lidar.json`` into each run folder, where ``python -m tjepa.lab.sweep --label-free``
+reads it, and prints one line per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tjepa import data
+from tjepa.masking import MaskSampler
+from tjepa.monitor import lidar, view_embeddings
+from tjepa.runs import load_run
+
+DOCUMENTS = 256
+VIEWS = 8
+MASK_SEED = 0
+BATCH_DOCUMENTS = 32
+
+
+def run_lidar(run_dir: str | Path, data_dir: str | Path | None = None,
+              documents: int = DOCUMENTS, views: int = VIEWS, progress: bool = True) -> dict:
+    """LiDAR of the context and the target encoder of a run's ``last.pt``; written to the run
+    folder's ``lidar.json`` and returned."""
+    run_dir = Path(run_dir)
+    model, config, _ = load_run(run_dir)
+    val = data.TokenBins(data_dir or config.data.dir).split("val")
+    if len(val) < 2:
+        raise ValueError(f"{run_dir}: LiDAR needs at least 2 validation documents, found "
+                         f"{len(val)}")
+    chosen = np.arange(min(len(val), documents))
+    sampler = MaskSampler(replace(config.masking, views=views), seed=MASK_SEED)
+    encoders = {"context": model.context_encoder, "target": model.target_encoder}
+    pooled: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
+    starts = range(0, len(chosen), BATCH_DOCUMENTS)
+    for start in tqdm(starts, desc=f"lidar {run_dir.name}", disable=not progress, leave=False):
+        tokens, lengths = val.batch(chosen[start : start + BATCH_DOCUMENTS],
+                                    config.data.block_size)
+        batch = sampler(tokens, lengths)
+        for name, encoder in encoders.items():
+            pooled[name].append(view_embeddings(encoder, batch, config.model.attention))
+    report = {"checkpoint": model.checkpoint, "step": model.checkpoint_step,
+              "documents": len(chosen), "views": views, "mask_seed": MASK_SEED,
+              **{f"{name}_lidar": round(lidar(torch.cat(found)), 4)
+                 for name, found in pooled.items()}}
+    (run_dir / "lidar.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tjepa.lab.lidar", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    parser.add_argument("--data", help="bins folder (default: each run's data.dir)")
+    parser.add_argument("--documents", type=int, default=DOCUMENTS)
+    parser.add_argument("--views", type=int, default=VIEWS)
+    args = parser.parse_args(argv)
+    if args.documents < 2 or args.views < 2:
+        parser.error("--documents and --views must each be at least 2")
+    for run_dir in args.run_dirs:
+        report = run_lidar(run_dir, args.data, args.documents, args.views)
+        print(f"{run_dir}: context LiDAR {report['context_lidar']:.2f}, target LiDAR "
+              f"{report['target_lidar']:.2f} (step {report['step']}, {report['documents']} "
+              f"documents × {report['views']} views)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
