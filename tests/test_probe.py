@@ -143,6 +143,30 @@ def test_features_come_back_in_the_sequences_order_though_batched_by_length():
     assert torch.equal(probe.features_of(sums, sequences, batch_size=16), expected)
 
 
+def test_an_encoder_reads_each_distinct_text_once_across_probes():
+    rng = np.random.default_rng(0)
+    stories = [rng.integers(1, 50, int(n)) for n in rng.integers(3, 40, 20)]
+    read = []
+
+    def sums(tokens, lengths):
+        read.extend(int(n) for n in lengths)
+        valid = torch.arange(tokens.shape[1]) < lengths[:, None]
+        return (tokens * valid).sum(1, keepdim=True).float()
+
+    seen: dict = {}
+    first = probe.features_once(sums, stories[:12], seen)
+    altered = [s[::-1].copy() if i % 2 else s.copy() for i, s in enumerate(stories)]  # new arrays
+    second = probe.features_once(sums, altered, seen)
+    assert torch.equal(first, probe.features_of(sums, stories[:12]))
+    assert torch.equal(second, probe.features_of(sums, altered))
+    read.clear()
+    probe.features_once(sums, altered + stories[:12], seen)
+    assert read == []  # every text met before
+    fresh = [s[1:] for s in stories if len(s) > 4]
+    probe.features_once(sums, fresh + fresh, seen)
+    assert sorted(read) == sorted(len(s) for s in fresh)  # each new text once
+
+
 def test_the_token_readout_learns_only_words_that_recur_in_its_sample():
     x = torch.arange(7.0)[:, None]
     y = torch.tensor([4, 9, 4, 7, 9, 4, 3])

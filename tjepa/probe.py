@@ -166,6 +166,17 @@ def features_of(feature_fn, sequences: list[np.ndarray], device: str = "cpu",
     return features[torch.from_numpy(np.argsort(order, kind="stable"))]
 
 
+def features_once(feature_fn, sequences: list[np.ndarray], seen: dict[bytes, Tensor],
+                  device: str = "cpu") -> Tensor:
+    """``features_of``, with each sequence's features kept in ``seen`` (keyed by its tokens):
+    a sequence met before is not read again. (N, D)."""
+    keys = [np.asarray(s, dtype=np.int64).tobytes() for s in sequences]
+    new = {k: s for k, s in zip(keys, sequences, strict=True) if k not in seen}
+    if new:
+        seen.update(zip(new, features_of(feature_fn, list(new.values()), device), strict=True))
+    return torch.stack([seen[k] for k in keys])
+
+
 def pair_features(a: Tensor, b: Tensor) -> Tensor:
     return torch.cat([a, b, (a - b).abs(), a * b], dim=1)
 
@@ -290,21 +301,18 @@ def run_probes(model: JEPA, bins: data.TokenBins, block_size: int, masking: Mask
         found = {m: remembered.get(probe, f"{m}@{f}") for m, f in fingerprints.items()}
         return {m: v for m, v in found.items() if v is not None}
 
-    last: dict = {"sequences": None, "features": {}}  # tinytales' factors share their texts
+    # an encoder reads each distinct text once: probes share texts (tinytales' factors all
+    # read the whole stories; both order probes hold the same stories left as written)
+    seen: dict[str, dict[bytes, Tensor]] = {n: {} for n in feature_fns if n not in TEXT_SHORTCUTS}
 
     def features(sequences: dict[str, list[np.ndarray]], probe: str
                  ) -> dict[str, dict[str, Tensor]]:
         """Each model's features of ``sequences``, but for those whose ``probe`` score is known."""
         skip = known(probe)
-        same = last["sequences"] is not None and all(
-            last["sequences"][s] is seqs for s, seqs in sequences.items())
-        if not same:  # holding the texts keeps their ids from being reused
-            last.update(sequences=sequences, features={})
-        have = last["features"]
-        for name, fn in feature_fns.items():
-            if name not in skip and name not in have:
-                have[name] = {s: features_of(fn, seqs, device) for s, seqs in sequences.items()}
-        return {name: f for name, f in have.items() if name not in skip}
+        return {name: {s: (features_of(fn, seqs, device) if name not in seen
+                           else features_once(fn, seqs, seen[name], device))
+                       for s, seqs in sequences.items()}
+                for name, fn in feature_fns.items() if name not in skip}
 
     def scored(features: dict, labels: dict[str, Tensor], name: str, kind: str) -> ProbeResult:
         """``score``, with the remembered scores in and the new baselines' scores kept."""
