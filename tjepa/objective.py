@@ -35,6 +35,7 @@ TargetKind = Literal["last", "blocks"]
 BlockNorm = Literal["instance", "layer"]
 SpanTargets = Literal["off", "only", "also"]
 TargetCentering = Literal["off", "token"]
+Student = Literal["predictor", "encoder"]
 Reduce = Callable[[Tensor], Tensor]  # sums a statistic over the rows other processes hold
 
 
@@ -81,6 +82,14 @@ class ObjectiveConfig:
     ``share_embeddings``: the target encoder reads the context encoder's token embedding table
     (data2vec's ``ema_transformer_layers_only``): the EMA then moves only the blocks, and the
     targets follow learned word embeddings, not an average of their random start.
+
+    ``student``: who predicts the targets. ``predictor`` (I-JEPA): the context encoder reads
+    the context tokens alone, and the predictor gets its embeddings plus mask tokens at the
+    target positions. ``encoder`` (data2vec's student, ``tjepa.data2vec``): the context encoder
+    itself reads the document with a ``[MASK]`` id at each target position, as a masked LM's
+    encoder does, and a two-layer head turns its outputs there into the predictions; no
+    predictor. The context then has to be read into the encoder's own outputs, where the probes
+    look, not into a predictor's.
     """
 
     name: ObjectiveName = "jepa"
@@ -100,8 +109,12 @@ class ObjectiveConfig:
     share_embeddings: bool = False
     span_targets: SpanTargets = "off"
     target_centering: TargetCentering = "off"
+    student: Student = "predictor"
 
     def __post_init__(self) -> None:
+        check(self.student == "predictor" or self.name == "jepa",
+              f"student = {self.student!r} is a JEPA's: objective.name must be 'jepa', got "
+              f"{self.name!r}")
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         check(self.target_blocks >= 0, f"target_blocks must be >= 0, got {self.target_blocks}")
         check(not self.share_embeddings or self.uses_ema,

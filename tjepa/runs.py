@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from tjepa import data
 from tjepa.config import CONFIG_DIR, ConfigError, check, dump_toml, from_dict, load_toml, to_dict
 from tjepa.data import DataConfig
+from tjepa.data2vec import Data2VecJEPA
 from tjepa.jepa import JEPA
 from tjepa.masking import MaskingConfig
 from tjepa.mlm import MaskedLM, MaskedLMJEPA
@@ -107,6 +108,9 @@ class RunConfig:
         check(self.objective.span_targets == "off" or length == 0,
               f"objective.span_targets = {self.objective.span_targets!r} takes padded batches: "
               f"set train.pack_length = 0 (it is {length})")
+        check(self.objective.student == "predictor" or length == 0,
+              f"objective.student = {self.objective.student!r} takes padded batches: set "
+              f"train.pack_length = 0 (it is {length})")
         check(self.objective.name == "jepa" or length == 0,
               f"objective.name = {self.objective.name!r} takes padded batches: set "
               f"train.pack_length = 0 (it is {length})")
@@ -197,6 +201,8 @@ def build_model(config: RunConfig) -> JEPA | MaskedLM:
     """The run's model: the JEPA, or the masked-LM baseline when ``objective.name = "mlm"``.
     ``config.model.vocab_size`` must be resolved."""
     kind = {"jepa": JEPA, "mlm": MaskedLM, "mlm+jepa": MaskedLMJEPA}[config.objective.name]
+    if config.objective.student == "encoder":
+        kind = Data2VecJEPA
     return kind(config.model, config.objective)
 
 

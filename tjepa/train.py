@@ -80,9 +80,8 @@ def train(config: runs.RunConfig, run_dir: str | Path, resume: bool = False,
         model = training_step.model
         encoder = count_parameters(model.context_encoder)
         rest = sum(p.numel() for p in model.parameters() if p.requires_grad) - encoder
-        log.info(f"{encoder:,} encoder and {rest:,} "
-                 f"{'predictor' if config.objective.name == 'jepa' else 'head'} parameters "
-                 f"on {device}")
+        rest_is = " and ".join(n for n in ("predictor", "head") if hasattr(model, n))
+        log.info(f"{encoder:,} encoder and {rest:,} {rest_is} parameters on {device}")
 
     # --- the loop: batch → step → (now and then) log, validate, monitor → save
     end = min(stop_at or config.train.max_steps, config.train.max_steps)
