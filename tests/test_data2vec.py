@@ -10,6 +10,7 @@ from tests.helpers import SMALL_MODEL, short_batch, tiny
 from tjepa import runs, train
 from tjepa.config import ConfigError
 from tjepa.data2vec import Data2VecJEPA
+from tjepa.mlm import MaskedInput
 from tjepa.objective import ObjectiveConfig
 
 
@@ -32,6 +33,23 @@ def test_the_students_predictions_never_see_the_tokens_at_the_targets():
                                                                 "tokens": changed}))
         torch.testing.assert_close(after[v], before[v], rtol=0, atol=1e-6)  # it read [MASK]
         assert not torch.equal(targets_after[v], targets_before[v])  # the teacher reads them
+
+
+def test_each_prediction_is_the_head_on_the_encoders_output_at_its_mask_slot():
+    model = student().eval()
+    batch = short_batch()
+    masked = MaskedInput.of(batch, model.mask_id)
+    with torch.no_grad():
+        predictions, _ = model.predict(batch)
+        for v in range(len(batch.document)):  # each view alone: no padding at all
+            n_context = int(batch.context_valid[v].sum())
+            n_targets = int(batch.target_valid[v].sum())
+            slots = torch.cat([torch.arange(n_context),
+                               masked.n_context + torch.arange(n_targets)])
+            h = model.context_encoder(masked.tokens[v, slots][None],
+                                      masked.positions[v, slots][None], None)[0]
+            torch.testing.assert_close(predictions[v, :n_targets], model.head(h[n_context:]),
+                                       atol=1e-5, rtol=1e-4)
 
 
 def test_the_student_predicts_from_its_own_encoder_and_trains_no_predictor():

@@ -17,6 +17,7 @@ from tjepa.monitor import (
     collapse_metrics,
     embedding_std,
     lidar,
+    lidar_chance,
     measure,
     rankme,
     view_embeddings,
@@ -166,6 +167,11 @@ def test_lidar_is_blind_to_an_invertible_linear_map_of_the_embeddings():
     assert lidar(mixed) == pytest.approx(lidar(views), rel=1e-3)
 
 
+def test_lidar_chance_deals_the_views_out_at_random_and_reads_high_for_any_embedding():
+    views = documents_with_views(n=1000, d=16, k=4, noise=0.05)
+    assert lidar(views) < 5 and lidar_chance(views) > 12  # no document shows through
+
+
 def test_view_embeddings_pool_each_views_context_tokens_alone():
     tokens = torch.randint(1, 50, (3, 24), generator=torch.Generator().manual_seed(0))
     lengths = torch.tensor([24, 19, 12])
@@ -179,3 +185,20 @@ def test_view_embeddings_pool_each_views_context_tokens_alone():
         alone = encoder(tokens[batch.document[v], keep][None], keep[None], None)
         torch.testing.assert_close(pooled[v // 4, v % 4], alone[0].mean(0), atol=1e-5,
                                    rtol=1e-4)
+
+
+def test_view_embeddings_with_a_mask_id_read_mask_slots_but_pool_the_context_only():
+    tokens = torch.randint(1, 50, (3, 24), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([24, 19, 12])
+    torch.manual_seed(0)
+    encoder = MaskedLM(SMALL_MODEL).context_encoder.eval()
+    batch = MaskSampler(MaskingConfig(views=2), seed=0)(tokens, lengths)
+    pooled = view_embeddings(encoder, batch, mask_id=SMALL_MODEL.vocab_size)
+    for v in range(len(batch.document)):
+        keep = batch.context_positions[v][batch.context_valid[v]]
+        hidden = batch.target_positions[v][batch.target_valid[v]]
+        ids = torch.cat([tokens[batch.document[v], keep],
+                         torch.full_like(hidden, SMALL_MODEL.vocab_size)])
+        alone = encoder(ids[None], torch.cat([keep, hidden])[None], None)[0, :len(keep)]
+        torch.testing.assert_close(pooled[v // 2, v % 2], alone.mean(0), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(pooled, view_embeddings(encoder, batch))  # the masks were read

@@ -14,8 +14,8 @@ representation dies. The metrics below tell these apart:
   larger when they are squeezed into few directions.
 
 ``lidar`` (Thilak et al. 2023) is not watched live: it needs several masked views of each
-document, and counts only the directions along which documents differ more than one document's
-views do (``python -m tjepa.lab.lidar`` measures it on trained runs).
+document, and weighs each direction by how far documents differ along it against how far one
+document's views do (``python -m tjepa.lab.lidar`` measures it on trained runs).
 
 ``std`` misses dimensional collapse: embeddings on a 2-D plane still spread out. RankMe and
 SIGReg catch it, so the alarm rests on RankMe (and on ``std`` only for the complete collapse it
@@ -48,6 +48,7 @@ from tjepa.attention import attention_mask
 from tjepa.config import check
 from tjepa.jepa import JEPA, encode_documents, mean_pool
 from tjepa.masking import MaskedBatch
+from tjepa.mlm import MaskedInput
 from tjepa.objective import sigreg
 
 
@@ -107,7 +108,10 @@ def lidar(views: Tensor, delta: float = 1e-4, eps: float = 1e-7) -> float:
     exp(entropy(λ / Σλ)) over the eigenvalues λ of Σ_w^(-1/2) Σ_b Σ_w^(-1/2), with Σ_b the
     scatter of the documents' mean embeddings and Σ_w that of each document's views around its
     mean (plus ``delta`` on the diagonal). RankMe counts every direction the embeddings use;
-    LiDAR only those along which documents differ more than one document's views do."""
+    LiDAR weighs each direction by how far documents differ along it against how far one
+    document's views do. A document's mean holds its views' noise too, so documents that do
+    not differ at all still score high (``lidar_chance``), and the score is at most
+    min(N − 1, D)."""
     x = views.double()
     n, q, d = x.shape
     means = x.mean(1)  # (N, D)
@@ -123,14 +127,31 @@ def lidar(views: Tensor, delta: float = 1e-4, eps: float = 1e-7) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def lidar_chance(views: Tensor, seed: int = 0) -> float:
+    """``lidar`` of the same embeddings (N, Q, D) with the views dealt out to documents at
+    random: what LiDAR reads when a "document" is no more alike than any Q views are."""
+    n, q, d = views.shape
+    order = torch.randperm(n * q, generator=torch.Generator().manual_seed(seed))
+    return lidar(views.reshape(n * q, d)[order.to(views.device)].view(n, q, d))
+
+
 @torch.no_grad()
-def view_embeddings(encoder, batch: MaskedBatch, attention: str = "sdpa") -> Tensor:
-    """An encoder on each view's context tokens alone, mean-pooled over them: (B, Q, D) for a
-    batch of B documents with Q views each (``MaskedBatch.document`` runs document-major)."""
-    tokens = batch.tokens[batch.document[:, None], batch.context_positions]  # (V, C)
-    groups = torch.where(batch.context_valid, 0, -1)
-    h = encoder(tokens, batch.context_positions, attention_mask(groups, attention))  # (V, C, D)
-    pooled = mean_pool(h.float(), batch.context_valid.sum(1))  # context slots come first
+def view_embeddings(encoder, batch: MaskedBatch, attention: str = "sdpa",
+                    mask_id: int | None = None) -> Tensor:
+    """An encoder on each view, mean-pooled over its context tokens: (B, Q, D) for a batch of
+    B documents with Q views each (``MaskedBatch.document`` runs document-major). With
+    ``mask_id`` the encoder reads each view as a masked LM's encoder does, a ``[MASK]`` at each
+    target position after the context (``tjepa.mlm.MaskedInput``); without, the context
+    tokens alone, as a JEPA's context encoder does."""
+    if mask_id is None:
+        tokens = batch.tokens[batch.document[:, None], batch.context_positions]  # (V, C)
+        positions, groups = batch.context_positions, torch.where(batch.context_valid, 0, -1)
+    else:
+        masked = MaskedInput.of(batch, mask_id)  # (V, C + P)
+        tokens, positions, groups = masked.tokens, masked.positions, masked.groups
+    h = encoder(tokens, positions, attention_mask(groups, attention))  # (V, C[+P], D)
+    context = h[:, :batch.context_positions.shape[1]].float()  # the context slots come first
+    pooled = mean_pool(context, batch.context_valid.sum(1))  # and are left-aligned
     return pooled.view(len(batch.lengths), -1, pooled.shape[-1])
 
 

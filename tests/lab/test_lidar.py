@@ -19,7 +19,10 @@ def test_lidar_of_a_run_is_written_beside_it_and_the_same_when_measured_again(ti
     first = json.loads((run / "lidar.json").read_text())
     assert first["documents"] == 24 and first["views"] == 4 and first["step"] == 8
     width = runs.load_config(run / "config.toml").model.dim  # each encoder within its width
-    assert 1 <= first["context_lidar"] <= width and 1 <= first["target_lidar"] <= width
+    assert first["max_lidar"] == min(23, width)
+    for name in ("context", "target"):  # each within what 24 documents can show, above 1
+        assert 1 <= first[f"{name}_lidar"] <= first["max_lidar"]
+        assert 1 <= first[f"{name}_lidar_chance"] <= first["max_lidar"]
     again = lidar.run_lidar(run, documents=24, views=4, progress=False)
     assert again == first  # the masks come from a fixed seed
 
@@ -29,21 +32,23 @@ def test_lidar_needs_two_documents_and_two_views(tiny_run):
         lidar.main([str(tiny_run), "--views", "1"])
 
 
-def _saved_run(folder, gain: float, context_lidar: float | None) -> None:
+def _saved_run(folder, gain: float, context_lidar: float | None, lidar_step: int = 10) -> None:
     folder.mkdir(parents=True)
     (folder / "eval.json").write_text(json.dumps({
-        "objective": "jepa", "semantic_gain": gain, "discourse_gain": gain, "probes": []}))
+        "objective": "jepa", "step": 10, "semantic_gain": gain, "discourse_gain": gain,
+        "probes": []}))
     (folder / "metrics.jsonl").write_text(json.dumps({"step": 10, "elapsed_s": 1.0,
                                                       "rankme": 50.0}) + "\n")
     if context_lidar is not None:
-        (folder / "lidar.json").write_text(json.dumps({"context_lidar": context_lidar,
-                                                       "target_lidar": -context_lidar}))
+        (folder / "lidar.json").write_text(json.dumps({
+            "step": lidar_step, "context_lidar": context_lidar, "target_lidar": -context_lidar}))
 
 
-def test_the_label_free_table_ranks_lidar_against_the_gains_where_it_was_measured(tmp_path):
-    gains = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}
-    for name, gain in gains.items():  # d has no lidar.json: it sits out LiDAR's rows only
-        _saved_run(tmp_path / f"{name}-seed0", gain, None if name == "d" else 10 * gain)
+def test_the_label_free_table_ranks_lidar_measured_at_the_reports_step(tmp_path):
+    gains = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4, "e": 0.5}
+    for name, gain in gains.items():  # d has no lidar.json, e's is of another checkpoint
+        _saved_run(tmp_path / f"{name}-seed0", gain, None if name == "d" else
+                   -1.0 if name == "e" else 10 * gain, lidar_step=5 if name == "e" else 10)
     (tmp_path / "sweep.json").write_text(json.dumps({"variants": [
         {"name": name, "config": "c.toml", "overrides": [], "seeds": [0]} for name in gains]}))
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
@@ -51,4 +56,4 @@ def test_the_label_free_table_ranks_lidar_against_the_gains_where_it_was_measure
     context = rows["LiDAR (context encoder, over masks)"]
     assert context[1] == "+1.00" and context[-1].strip(" |") == "3"
     assert rows["LiDAR (target encoder, over masks)"][1] == "-1.00"
-    assert rows["token RankMe (target encoder)"][-1].strip(" |") == "4"
+    assert rows["token RankMe (target encoder)"][-1].strip(" |") == "5"

@@ -186,10 +186,12 @@ def breakdown(config_path: str | None = None, steps: int = 30, warmup: int = 5,
     device = resolve_device(config.train.device, world)
     bins = open_bins(config.data, world)
     config = resolve_config(config, bins, device, world)
-    if config.objective.name != "jepa" or not config.objective.uses_ema:
+    if (config.objective.name != "jepa" or not config.objective.uses_ema
+            or config.objective.student != "predictor"):
         # one encoder serving as both would have its two passes timed under one name
         raise ValueError("the breakdown times a JEPA's three networks apart: it needs "
-                         "objective.name = \"jepa\" with an EMA target encoder (ema or vicreg)")
+                         "objective.name = \"jepa\" with an EMA target encoder (ema or vicreg) "
+                         "and a predictor (objective.student = \"predictor\")")
     loader = data.DocumentLoader(bins.split("train"), config.data.batch_size,
                                  config.data.block_size, config.train.seed,
                                  config.data.min_tokens)

@@ -3,13 +3,20 @@ than the masks of one document do (``tjepa.monitor.lidar``, Thilak et al. 2023).
 
     python -m tjepa.lab.lidar RUN [RUN ...] [--data DIR] [--documents N] [--views Q]
 
-For each run folder: its ``last.pt``, on the first ``--documents`` validation documents, each
-seen through ``--views`` masks drawn by the run's own masking (its UL2 mixture: a view is what
-the context encoder reads in training). Both encoders read every view's context tokens alone,
-mean-pooled; LiDAR treats each document as a class and its views as that class's samples. The
-masks are drawn from one fixed seed, so every run sees the same views of the same documents.
-Writes ``lidar.json`` into each run folder, where ``python -m tjepa.lab.sweep --label-free``
-reads it, and prints one line per run.
+For each run folder: its ``last.pt``, on the first ``--documents`` validation documents (of
+at least ``data.min_tokens`` tokens, as training reads), each seen through ``--views`` masks
+drawn by the run's own masking (a view is what the context encoder reads in training). Each
+encoder reads every view as it reads in training — the context encoder with ``[MASK]`` at
+the targets when the model has a ``[MASK]`` id (data2vec's student, the masked LMs), the
+context tokens alone otherwise; the target encoder the context tokens alone — mean-pooled
+over the context. LiDAR treats each document as a class and its views as that class's
+samples. The masks are drawn from one fixed seed, so runs with the same masking see the same
+views of the same documents; runs with another masking see other views, so their LiDAR
+measures their masking too. ``lidar.json`` also holds each encoder's chance level (the views
+dealt to documents at random: ``monitor.lidar_chance``) and the most LiDAR can read here,
+min(documents − 1, width). Writes ``lidar.json`` into each run folder, where ``python -m
+tjepa.lab.sweep --label-free`` reads it when its step is the report's, and prints one line per
+run.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from tqdm import tqdm
 
 from tjepa import data
 from tjepa.masking import MaskSampler
-from tjepa.monitor import lidar, view_embeddings
+from tjepa.monitor import lidar, lidar_chance, view_embeddings
 from tjepa.runs import load_run
 
 DOCUMENTS = 256
@@ -42,24 +49,31 @@ def run_lidar(run_dir: str | Path, data_dir: str | Path | None = None,
     run_dir = Path(run_dir)
     model, config, _ = load_run(run_dir)
     val = data.TokenBins(data_dir or config.data.dir).split("val")
-    if len(val) < 2:
-        raise ValueError(f"{run_dir}: LiDAR needs at least 2 validation documents, found "
-                         f"{len(val)}")
-    chosen = np.arange(min(len(val), documents))
+    long_enough = np.flatnonzero(np.diff(val.offsets) >= max(config.data.min_tokens, 2))
+    if len(long_enough) < 2:
+        raise ValueError(f"{run_dir}: LiDAR needs at least 2 validation documents of "
+                         f"{config.data.min_tokens} tokens or more, found {len(long_enough)}")
+    chosen = long_enough[:documents]
     sampler = MaskSampler(replace(config.masking, views=views), seed=MASK_SEED)
-    encoders = {"context": model.context_encoder, "target": model.target_encoder}
+    encoders = {"context": (model.context_encoder, getattr(model, "mask_id", None)),
+                "target": (model.target_encoder, None)}
     pooled: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
     starts = range(0, len(chosen), BATCH_DOCUMENTS)
     for start in tqdm(starts, desc=f"lidar {run_dir.name}", disable=not progress, leave=False):
         tokens, lengths = val.batch(chosen[start : start + BATCH_DOCUMENTS],
                                     config.data.block_size)
         batch = sampler(tokens, lengths)
-        for name, encoder in encoders.items():
-            pooled[name].append(view_embeddings(encoder, batch, config.model.attention))
+        for name, (encoder, mask_id) in encoders.items():
+            pooled[name].append(view_embeddings(encoder, batch, config.model.attention,
+                                                mask_id))
+    embedded = {name: torch.cat(found) for name, found in pooled.items()}
     report = {"checkpoint": model.checkpoint, "step": model.checkpoint_step,
               "documents": len(chosen), "views": views, "mask_seed": MASK_SEED,
-              **{f"{name}_lidar": round(lidar(torch.cat(found)), 4)
-                 for name, found in pooled.items()}}
+              "masking": config.masking.mixture, "max_lidar": min(len(chosen) - 1,
+                                                                  config.model.dim),
+              **{f"{name}_lidar": round(lidar(x), 4) for name, x in embedded.items()},
+              **{f"{name}_lidar_chance": round(lidar_chance(x), 4)
+                 for name, x in embedded.items()}}
     (run_dir / "lidar.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -76,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--documents and --views must each be at least 2")
     for run_dir in args.run_dirs:
         report = run_lidar(run_dir, args.data, args.documents, args.views)
-        print(f"{run_dir}: context LiDAR {report['context_lidar']:.2f}, target LiDAR "
-              f"{report['target_lidar']:.2f} (step {report['step']}, {report['documents']} "
+        print(f"{run_dir}: context LiDAR {report['context_lidar']:.2f} (chance "
+              f"{report['context_lidar_chance']:.2f}), target LiDAR "
+              f"{report['target_lidar']:.2f} (chance {report['target_lidar_chance']:.2f}); "
+              f"at most {report['max_lidar']} (step {report['step']}, {report['documents']} "
               f"documents × {report['views']} views)")
     return 0
 

@@ -84,13 +84,15 @@ def run_variant(variant: Variant, seed: int, out: Path, data_dir: str | None = N
 
 def read_run(run_dir: Path, seed: int) -> dict:
     """A finished, probed run of a sweep: its eval report, metrics and seconds per step, and
-    its LiDAR when ``python -m tjepa.lab.lidar`` has measured it (``lidar.json``)."""
+    its LiDAR when ``python -m tjepa.lab.lidar`` has measured it (``lidar.json``) at the step
+    the report probed."""
     metrics = read_metrics(run_dir)
     timed = [m for m in metrics if "elapsed_s" in m]
+    report = json.loads((run_dir / "eval.json").read_text())
     measured = run_dir / "lidar.json"
-    return {"seed": seed, "run_dir": str(run_dir),
-            "report": json.loads((run_dir / "eval.json").read_text()), "metrics": metrics,
-            "lidar": json.loads(measured.read_text()) if measured.is_file() else {},
+    lidar = json.loads(measured.read_text()) if measured.is_file() else {}
+    return {"seed": seed, "run_dir": str(run_dir), "report": report, "metrics": metrics,
+            "lidar": lidar if lidar.get("step") == report.get("step") else {},
             "seconds_per_step": timed[-1]["elapsed_s"] / max(timed[-1]["step"], 1)}
 
 
