@@ -198,7 +198,8 @@ def start_run_folder(run_dir: Path, config: RunConfig, vocab_meta: dict) -> None
 
 
 def build_model(config: RunConfig) -> JEPA | MaskedLM:
-    """The run's model: the JEPA, or the masked-LM baseline when ``objective.name = "mlm"``.
+    """The run's model: the JEPA (with data2vec's student when ``objective.student =
+    "encoder"``), or the masked-LM baseline when ``objective.name = "mlm"``.
     ``config.model.vocab_size`` must be resolved."""
     kind = {"jepa": JEPA, "mlm": MaskedLM, "mlm+jepa": MaskedLMJEPA}[config.objective.name]
     if config.objective.student == "encoder":
