@@ -172,12 +172,17 @@ def test_lidar_chance_deals_the_views_out_at_random_and_reads_high_for_any_embed
     assert lidar(views) < 5 and lidar_chance(views) > 12  # no document shows through
 
 
-def test_view_embeddings_pool_each_views_context_tokens_alone():
+def three_documents(views: int):
+    """Three short documents' tokens (3, 24) and their ``views`` masks."""
     tokens = torch.randint(1, 50, (3, 24), generator=torch.Generator().manual_seed(0))
-    lengths = torch.tensor([24, 19, 12])
+    return tokens, MaskSampler(MaskingConfig(views=views), seed=0)(tokens,
+                                                                    torch.tensor([24, 19, 12]))
+
+
+def test_view_embeddings_pool_each_views_context_tokens_alone():
+    tokens, batch = three_documents(views=4)
     torch.manual_seed(0)
     encoder = JEPA(SMALL_MODEL).context_encoder.eval()
-    batch = MaskSampler(MaskingConfig(views=4), seed=0)(tokens, lengths)
     pooled = view_embeddings(encoder, batch)
     assert pooled.shape == (3, 4, SMALL_MODEL.dim)
     for v in range(len(batch.document)):  # each view by itself, no padding anywhere
@@ -188,11 +193,9 @@ def test_view_embeddings_pool_each_views_context_tokens_alone():
 
 
 def test_view_embeddings_with_a_mask_id_read_mask_slots_but_pool_the_context_only():
-    tokens = torch.randint(1, 50, (3, 24), generator=torch.Generator().manual_seed(0))
-    lengths = torch.tensor([24, 19, 12])
+    tokens, batch = three_documents(views=2)
     torch.manual_seed(0)
     encoder = MaskedLM(SMALL_MODEL).context_encoder.eval()
-    batch = MaskSampler(MaskingConfig(views=2), seed=0)(tokens, lengths)
     pooled = view_embeddings(encoder, batch, mask_id=SMALL_MODEL.vocab_size)
     for v in range(len(batch.document)):
         keep = batch.context_positions[v][batch.context_valid[v]]
