@@ -17,8 +17,9 @@ outputs the probes read — which is what the masked LM, with the same input, le
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import NoReturn
 
-from torch import Tensor, nn
+from torch import nn
 
 from tjepa.attention import attention_mask
 from tjepa.jepa import JEPA
@@ -60,6 +61,6 @@ class Data2VecJEPA(JEPA):
         context = h[:, :masked.n_context]
         return (predictions, targets, context) if return_context else (predictions, targets)
 
-    def predict_packed(self, batch, return_context: bool = False) -> Tensor:
+    def predict_packed(self, batch, return_context: bool = False) -> NoReturn:
         raise TypeError("objective.student = 'encoder' takes padded batches "
                         "(train.pack_length = 0)")

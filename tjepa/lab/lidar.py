@@ -1,5 +1,6 @@
-"""LiDAR of trained runs: how many directions of a run's embeddings tell documents apart better
-than the masks of one document do (``tjepa.monitor.lidar``, Thilak et al. 2023).
+"""LiDAR of trained runs: the effective rank of a run's embeddings, each direction weighed by
+how far documents differ along it against how far one document's masked views do
+(``tjepa.monitor.lidar``, Thilak et al. 2023).
 
     python -m tjepa.lab.lidar RUN [RUN ...] [--data DIR] [--documents N] [--views Q]
 
@@ -49,7 +50,7 @@ def run_lidar(run_dir: str | Path, data_dir: str | Path | None = None,
     run_dir = Path(run_dir)
     model, config, _ = load_run(run_dir)
     val = data.TokenBins(data_dir or config.data.dir).split("val")
-    long_enough = np.flatnonzero(np.diff(val.offsets) >= max(config.data.min_tokens, 2))
+    long_enough = np.flatnonzero(val.lengths >= config.data.min_tokens)  # as training reads
     if len(long_enough) < 2:
         raise ValueError(f"{run_dir}: LiDAR needs at least 2 validation documents of "
                          f"{config.data.min_tokens} tokens or more, found {len(long_enough)}")
