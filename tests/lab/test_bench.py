@@ -9,6 +9,7 @@ import torch
 
 from tjepa.lab import bench
 from tjepa.masking import MaskingConfig, MaskSampler, forecast_batch
+from tjepa.model import ModelConfig
 from tjepa.packing import padding_share
 
 TINY = ["model.dim=32", "model.depth=1", "model.heads=2", "model.predictor_dim=16",
@@ -100,6 +101,24 @@ def test_padding_share_counts_the_slots_rounding_adds():
         MaskSampler(MaskingConfig("ul2", views=3), seed=0, pad_multiple=multiple)(tokens, lengths))
         for multiple in (1, 128)}
     assert shares[1] < shares[128]
+
+
+def test_step_flops_count_the_encoder_students_mask_slots_and_head_not_a_predictor():
+    # the example above: 16 document tokens; 7 context and 9 target tokens over 2 views
+    tokens = torch.arange(1, 21).view(2, 10)
+    masked = [forecast_batch(tokens, torch.tensor([10, 6]), torch.tensor([4, 3]),
+                             pad_multiple=1)]
+    config = ModelConfig(vocab_size=100, dim=8, depth=1, heads=2, predictor_dim=4,
+                         predictor_depth=1, predictor_heads=2, mlp_ratio=4)
+
+    def forward(tokens, seq, dim):  # one block: 12·d² weights at mlp_ratio 4
+        return 2 * 12 * dim * dim * tokens + 4 * tokens * seq * dim
+
+    target = forward(16, 8, 8)
+    assert bench.step_flops(config, 2, 16, masked) == (
+        target + 3 * forward(7, 3.5, 8) + 3 * forward(16, 8, 4))
+    assert bench.step_flops(config, 2, 16, masked, student="encoder") == (
+        target + 3 * forward(16, 8, 8) + 3 * 2 * 4 * 8 * 8 * 9)
 
 
 def test_masking_bench_reports_a_median_time(capsys):

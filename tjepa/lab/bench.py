@@ -159,7 +159,8 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         shadow = mask_sampler(config)
         masked = [shadow(*d) for d in docs]
         laid_out = [training_step.split(m).parts[0] for m in masked]
-        flops = step_flops(model_config, batch, tokens_per_step, masked)
+        flops = step_flops(model_config, batch, tokens_per_step, masked,
+                           config.objective.student)
         peak = _peak_flops(device)
         yield {
             "bench": "step",
@@ -227,9 +228,13 @@ def _count_host_syncs(step, set_mode=None, known_sync=None) -> dict | None:
     return {"count": len(syncs), "where": places[:3]}
 
 
-def step_flops(config, batch: int, tokens_per_step: float, masked: list[MaskedBatch]) -> float:
+def step_flops(config, batch: int, tokens_per_step: float, masked: list[MaskedBatch],
+               student: str = "predictor") -> float:
     """Useful FLOPs of one step, on real (unpadded) tokens: per token and layer, 2 FLOPs per
-    weight plus 4·S·d for attention scores and values, forward; backward doubles it again."""
+    weight plus 4·S·d for attention scores and values, forward; backward doubles it again.
+    ``student="encoder"`` (data2vec's, ``tjepa.data2vec``): the context encoder reads the
+    targets' ``[MASK]`` slots too, and a two-layer head (4·d² weights) replaces the
+    predictor."""
     views = len(masked[0].document)
     context = sum(int(m.context_valid.sum()) for m in masked) / len(masked)  # per step
     targets = sum(int(m.target_valid.sum()) for m in masked) / len(masked)
@@ -240,6 +245,10 @@ def step_flops(config, batch: int, tokens_per_step: float, masked: list[MaskedBa
 
     d, dp = config.dim, config.predictor_dim
     target = forward(tokens_per_step, tokens_per_step / batch, d, config.depth)
+    if student == "encoder":
+        read = context + targets
+        return (target + 3 * forward(read, read / views, d, config.depth)
+                + 3 * 2 * 4 * d * d * targets)
     ctx = 3 * forward(context, context / views, d, config.depth)
     pred = 3 * forward(context + targets, (context + targets) / views, dp,
                        config.predictor_depth)
