@@ -212,8 +212,9 @@ assert any(r.get("collapse_alarm") for r in metrics["collapse demo"])
 # the constant by a third of the loss, where the plain JEPA beats it by under 2 %, and its
 # semantic gain is among the sweep's lowest. It has learned something easy to predict that
 # no probe asks for. Over the sweep's runs no label-free number ranks the probes' gains
-# reliably, LiDAR (which counts only the directions along which documents differ more than
-# one document's masked views do) included (docs/experiments.md, the label-free table). So
+# reliably, LiDAR included (the effective rank of what sets documents apart, each direction
+# weighed against how far one document's masked views spread along it; docs/experiments.md,
+# the label-free table). So
 # no label-free number here replaces the probes of chapter 06;
 # RankMe and the gap rule out failures, they do not certify learning. Both runs' gaps:
 
