@@ -2,8 +2,9 @@
 the executed notebooks, and Chromium shows each page's figures.
 
 The book is built once for the module, in smoke mode, from a copy of the notebooks, configs
-and docs (so the checkout's ``data/`` and ``out/`` are left alone). The browser test needs
-Debian's Chromium (``.ci/run`` installs it) and skips, saying so, without it.
+and docs (so the checkout's ``data/`` and ``out/`` are left alone). The chapters nbval has run
+in the same session come with their outputs (``conftest.py``) and are not run again. The
+browser test needs Debian's Chromium (``.ci/run`` installs it) and skips, saying so, without it.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ SHOWN_FIGURES = ("() => [...document.querySelectorAll('img')]"
 
 
 @pytest.fixture(scope="module")
-def book(tmp_path_factory):
+def book(tmp_path_factory, executed_notebooks):
     checkout = tmp_path_factory.mktemp("checkout")
     shutil.copytree(ROOT / "notebooks", checkout / "notebooks",
                     ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
     shutil.copytree(ROOT / "configs", checkout / "configs")
     shutil.copytree(ROOT / "docs", checkout / "docs")  # chapter 07 reads the results' tables
     out = checkout / "out" / "book"
-    chapters = build_book(checkout / "notebooks", out, smoke=True, timeout=600, progress=False)
+    # the chapters nbval ran in this session are not run again (conftest.py)
+    chapters = build_book(checkout / "notebooks", out, smoke=True, timeout=600, progress=False,
+                          executed=executed_notebooks)
     return out, chapters
 
 
@@ -91,6 +94,26 @@ def test_a_page_folds_solutions_and_shows_log_lines_as_plain_output():
     assert re.search(r'data-mime-type="text/plain"[^>]*>\s*<pre>829 parameters on cpu', page)
     folded = re.findall(r'<details class="tjepa-solution">(.*?)</details>', page, re.S)
     assert len(folded) == 1 and "answer" in folded[0] and "not an answer" not in folded[0]
+
+
+def test_a_chapter_handed_over_executed_is_not_run_again_and_keeps_its_outputs(tmp_path):
+    import nbformat
+    import nbformat.v4 as v4
+
+    source = v4.new_notebook(cells=[v4.new_markdown_cell("# 01 · Handed over"),
+                                    v4.new_code_cell("raise SystemExit('ran again')")])
+    nbformat.write(source, tmp_path / "01_handed.ipynb")
+    ran = v4.new_notebook(cells=[v4.new_markdown_cell("# 01 · Handed over"),
+                                 v4.new_code_cell("print('from nbval')", execution_count=1,
+                                                  outputs=[v4.new_output(
+                                                      "stream", name="stdout",
+                                                      text="from nbval\n")])])
+    out = tmp_path / "book"
+    chapters = build_book(tmp_path, out, smoke=True, progress=False,
+                          executed={"01_handed.ipynb": (ran, 12.5)})
+    assert [c.seconds for c in chapters] == [12.5]
+    assert "from nbval" in (out / "01_handed.html").read_text()
+    assert "ran in 12 s" in (out / "index.html").read_text()
 
 
 @pytest.fixture

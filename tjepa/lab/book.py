@@ -22,6 +22,7 @@ import html
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,9 +173,13 @@ def run_chapter(source: Path, timeout: int) -> nbformat.NotebookNode:
 
 
 def build_book(notebooks: str | Path, out: str | Path, smoke: bool = False,
-               timeout: int = 3600, progress: bool = True) -> list[Chapter]:
+               timeout: int = 3600, progress: bool = True,
+               executed: Mapping[str, tuple[nbformat.NotebookNode, float]] | None = None
+               ) -> list[Chapter]:
     """Run every ``0*.ipynb`` in ``notebooks`` and write its page (and the executed notebook)
-    into ``out``, then ``index.html``. Returns the chapters in order."""
+    into ``out``, then ``index.html``. Returns the chapters in order. ``executed`` maps a
+    notebook's file name to that notebook already executed and the seconds it took (the
+    tests hand over what nbval ran): those chapters are not run again."""
     notebooks, out = Path(notebooks), Path(out)
     sources = sorted(notebooks.glob("0*.ipynb"))
     if not sources:
@@ -184,15 +189,16 @@ def build_book(notebooks: str | Path, out: str | Path, smoke: bool = False,
     # the kernels inherit the environment: smoke mode is the notebooks' parameters cell's switch
     saved = os.environ.get("TJEPA_SMOKE")
     os.environ["TJEPA_SMOKE"] = "1" if smoke else "0"
+    done = executed or {}
     executed = []
     try:
         for source in tqdm(sources, desc="book", unit="chapter", disable=not progress):
             start = time.perf_counter()
-            notebook = run_chapter(source, timeout)
+            notebook, seconds = done.get(source.name) or (run_chapter(source, timeout), None)
             title, summary = chapter_title(notebook)
+            seconds = time.perf_counter() - start if seconds is None else seconds
             executed.append((notebook, Chapter(source, f"{source.stem}.html", title or source.stem,
-                                               summary, time.perf_counter() - start,
-                                               count_figures(notebook),
+                                               summary, seconds, count_figures(notebook),
                                                count_solutions(notebook))))
     finally:
         if saved is None:
