@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tjepa.attention import AttentionMask, attention_groups, attention_mask
+from tjepa.distill import Prototypes
 from tjepa.masking import MaskedBatch
 from tjepa.model import Encoder, ModelConfig, Predictor, init_weights
 from tjepa.objective import (
@@ -52,6 +53,10 @@ class JEPA(nn.Module):
                 self.target_encoder.embed = self.context_encoder.embed
         else:  # the online encoder makes its own targets
             self.target_encoder = self.context_encoder
+        if self.objective.loss == "distill":  # the predictions read as distributions
+            o = self.objective
+            self.prototypes = Prototypes(config.dim, o.prototypes, o.temperature,
+                                         o.teacher_temperature, o.centre_momentum)
         self._ema_pairs: tuple[list[Tensor], list[Tensor]] | None = None
 
     @property
@@ -66,6 +71,8 @@ class JEPA(nn.Module):
         predictions, targets, context = predict(batch, return_context=True)
         valid = batch.target_valid
         per_token = self.score(predictions, targets, target_spans(batch))
+        if self.objective.loss == "distill" and self.training and torch.is_grad_enabled():
+            self.prototypes.update_centre(targets, valid)  # after the loss, as DINO's is
         regularizer = self.regularizer(context, batch.context_valid)
         return (per_token * valid).sum(), valid.sum(), regularizer
 
@@ -160,6 +167,8 @@ class JEPA(nn.Module):
         per token, and per span when ``span_targets`` asks (each span's loss at its first
         slot, times its length)."""
         objective, valid = self.objective, span >= 0
+        if objective.loss == "distill":  # per token only: ObjectiveConfig refuses span targets
+            return self.prototypes.loss(predictions, targets)
         loss = partial(prediction_loss, kind=objective.loss, temperature=objective.temperature)
         per_token = torch.zeros_like(span, dtype=torch.float32)
         if objective.span_targets != "only":
@@ -192,6 +201,8 @@ class JEPA(nn.Module):
             self._ema_pairs = ([t for t, _ in pairs], [o for _, o in pairs])
         targets, online = self._ema_pairs
         torch._foreach_lerp_(targets, online, 1.0 - momentum)
+        if self.objective.loss == "distill":
+            self.prototypes.update_teacher(momentum)
 
 
 def target_spans(batch: MaskedBatch | PackedBatch) -> Tensor:

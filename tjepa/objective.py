@@ -29,7 +29,7 @@ from torch import Tensor
 from tjepa.config import check
 
 ObjectiveName = Literal["jepa", "mlm", "mlm+jepa"]
-LossKind = Literal["smooth_l1", "l2", "cosine", "infonce"]
+LossKind = Literal["smooth_l1", "l2", "cosine", "infonce", "distill"]
 AntiCollapse = Literal["ema", "sigreg", "vicreg"]
 TargetKind = Literal["last", "blocks"]
 BlockNorm = Literal["instance", "layer"]
@@ -90,6 +90,13 @@ class ObjectiveConfig:
     encoder does, and a two-layer head turns its outputs there into the predictions; no
     predictor. The context then has to be read into the encoder's own outputs, where the probes
     look, not into a predictor's.
+
+    ``loss = "distill"`` scores each prediction by DINO's and iBOT's cross-entropy over
+    ``prototypes`` learned directions (``tjepa.distill``): the student's softmax over its
+    cosines to them at ``temperature`` against the teacher's over the target's cosines to
+    their EMA, centred and sharpened at ``teacher_temperature``; the centre follows the
+    teacher's mean logits at ``centre_momentum``. It needs an EMA (the teacher's prototypes
+    follow the student's at the target encoder's momentum) and per-token targets.
     """
 
     name: ObjectiveName = "jepa"
@@ -102,7 +109,10 @@ class ObjectiveConfig:
     vicreg_variance_weight: float = 1.0
     vicreg_covariance_weight: float = 0.04
     jepa_weight: float = 1.0  # mlm+jepa: λ, the JEPA loss's weight beside the masked LM's
-    temperature: float = 0.1  # infonce: the softmax's temperature over cosine similarities
+    temperature: float = 0.1  # infonce, distill: the (student's) softmax temperature
+    prototypes: int = 1024  # distill: K, the directions both distributions are over
+    teacher_temperature: float = 0.04  # distill: DINO's sharpening of the teacher
+    centre_momentum: float = 0.9  # distill: how slowly the teacher's centre moves
     target: TargetKind = "last"
     target_blocks: int = 0
     target_block_norm: BlockNorm = "instance"
@@ -116,6 +126,18 @@ class ObjectiveConfig:
               f"student = {self.student!r} is a JEPA's: objective.name must be 'jepa', got "
               f"{self.name!r}")
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        if self.loss == "distill":
+            check(self.uses_ema, "loss = 'distill' needs a teacher: anti_collapse ema or "
+                  f"vicreg, got {self.anti_collapse!r}")
+            check(self.name == "jepa", f"loss = 'distill' is a JEPA's: objective.name must be "
+                  f"'jepa', got {self.name!r}")
+            check(self.span_targets == "off", "loss = 'distill' scores tokens: span_targets "
+                  f"must be 'off', got {self.span_targets!r}")
+            check(self.prototypes >= 2, f"prototypes must be >= 2, got {self.prototypes}")
+            check(self.teacher_temperature > 0,
+                  f"teacher_temperature must be > 0, got {self.teacher_temperature}")
+            check(0 <= self.centre_momentum < 1,
+                  f"centre_momentum must be in [0, 1), got {self.centre_momentum}")
         check(self.target_blocks >= 0, f"target_blocks must be >= 0, got {self.target_blocks}")
         check(not self.share_embeddings or self.uses_ema,
               "share_embeddings needs a target encoder of its own (anti_collapse ema or "
@@ -158,6 +180,8 @@ def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind,
         return F.mse_loss(predictions, targets, reduction="none").mean(-1)
     if kind == "cosine":
         return 1 - F.cosine_similarity(predictions, targets, dim=-1)
+    if kind == "distill":
+        raise ValueError("distill scores through the model's prototypes (JEPA.score)")
     if valid is None:
         raise ValueError("infonce needs the valid targets: its candidates")
     shape = valid.shape
