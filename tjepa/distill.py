@@ -41,24 +41,27 @@ class Prototypes(nn.Module):
         self.temperature, self.teacher_temperature = temperature, teacher_temperature
         self.centre_momentum = centre_momentum
 
-    def teacher_probs(self, targets: Tensor) -> Tensor:
-        """The teacher's centred, sharpened distribution (..., K) over the prototypes."""
-        logits = F.normalize(targets.float(), dim=-1) @ F.normalize(self.teacher_weight, dim=-1).T
-        return torch.softmax((logits - self.centre) / self.teacher_temperature, dim=-1)
+    def teacher_logits(self, targets: Tensor) -> Tensor:
+        """The targets' cosines (..., K) to the teacher's prototypes."""
+        return F.normalize(targets.float(), dim=-1) @ F.normalize(self.teacher_weight, dim=-1).T
 
-    def loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
+    def loss(self, predictions: Tensor, targets: Tensor, valid: Tensor | None = None) -> Tensor:
         """Per-token cross-entropy (V, P) of the student's distribution against the teacher's,
-        for predictions and targets (V, P, D)."""
+        for predictions and targets (V, P, D). Given ``valid`` (V, P) (in training), the centre
+        then moves towards those targets' mean teacher logits, after they were scored."""
         with torch.no_grad():
-            teacher = self.teacher_probs(targets)
+            logits = self.teacher_logits(targets)
+            teacher = torch.softmax((logits - self.centre) / self.teacher_temperature, dim=-1)
+            if valid is not None:
+                self.update_centre(logits, valid)
         student = (F.normalize(predictions.float(), dim=-1)
                    @ F.normalize(self.weight, dim=-1).T) / self.temperature
         return -(teacher * F.log_softmax(student, dim=-1)).sum(-1)
 
     @torch.no_grad()
-    def update_centre(self, targets: Tensor, valid: Tensor) -> None:
-        """centre ← m · centre + (1 − m) · the mean teacher logits of the ``valid`` targets."""
-        logits = F.normalize(targets.float(), dim=-1) @ F.normalize(self.teacher_weight, dim=-1).T
+    def update_centre(self, logits: Tensor, valid: Tensor) -> None:
+        """centre ← m · centre + (1 − m) · the mean of the teacher ``logits`` (..., K) where
+        ``valid`` (...)."""
         weight = valid.float()[..., None]
         mean = (logits * weight).flatten(0, -2).sum(0) / weight.sum().clamp(min=1)
         self.centre.lerp_(mean, 1.0 - self.centre_momentum)

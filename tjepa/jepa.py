@@ -71,8 +71,6 @@ class JEPA(nn.Module):
         predictions, targets, context = predict(batch, return_context=True)
         valid = batch.target_valid
         per_token = self.score(predictions, targets, target_spans(batch))
-        if self.objective.loss == "distill" and self.training and torch.is_grad_enabled():
-            self.prototypes.update_centre(targets, valid)  # after the loss, as DINO's is
         regularizer = self.regularizer(context, batch.context_valid)
         return (per_token * valid).sum(), valid.sum(), regularizer
 
@@ -168,7 +166,8 @@ class JEPA(nn.Module):
         slot, times its length)."""
         objective, valid = self.objective, span >= 0
         if objective.loss == "distill":  # per token only: ObjectiveConfig refuses span targets
-            return self.prototypes.loss(predictions, targets)
+            training = self.training and torch.is_grad_enabled()  # not validation, the monitor
+            return self.prototypes.loss(predictions, targets, valid if training else None)
         loss = partial(prediction_loss, kind=objective.loss, temperature=objective.temperature)
         per_token = torch.zeros_like(span, dtype=torch.float32)
         if objective.span_targets != "only":

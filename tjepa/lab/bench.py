@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from tjepa.batches import BatchStream, mask_sampler
 from tjepa.lab.report import command_line, markdown_table, write_readme_table
 from tjepa.masking import MaskedBatch, MaskingConfig, MaskSampler
+from tjepa.objective import Student
 from tjepa.packing import pack, padding_share
 from tjepa.runs import load_config
 from tjepa.step import TrainingStep, resolve_model
@@ -229,7 +230,7 @@ def _count_host_syncs(step, set_mode=None, known_sync=None) -> dict | None:
 
 
 def step_flops(config, batch: int, tokens_per_step: float, masked: list[MaskedBatch],
-               student: str = "predictor") -> float:
+               student: Student = "predictor") -> float:
     """Useful FLOPs of one step, on real (unpadded) tokens: per token and layer, 2 FLOPs per
     weight plus 4·S·d for attention scores and values, forward; backward doubles it again.
     ``student="encoder"`` (data2vec's, ``tjepa.data2vec``): the context encoder reads the
