@@ -281,8 +281,9 @@ display(Markdown(table("../docs/results.md", "tinytales")))
 # - So what predicting embeddings buys, in tjepa's measurements, is on tinytales a
 #   representation that reads the ending from the beginning, which the masked LM misses,
 #   and keeps more of the word-named factors. On real text at this budget it has not bought anything a probe
-#   can see; docs/experiments.md keeps the levers tried (data2vec's targets, span targets,
-#   InfoNCE, short spans, the masked LM with a JEPA term) and what each did.
+#   can see; docs/experiments.md keeps the levers tried (data2vec's targets and its encoder
+#   student, span targets, InfoNCE, iBOT's self-distillation, short spans, several masks per
+#   target pass, the masked LM with a JEPA term) and what each did.
 #
 # ## Summary
 #
