@@ -43,8 +43,9 @@
 #   `docs/performance.md` (tens of minutes and about 15 GiB at batch 64 on an H200);
 # - **on a CPU**, `configs/tinystories_cpu.toml`: the default 4-layer model of width 128 for
 #   1,200 steps at a learning rate that moves a 9k-word vocabulary in a short run, about ten
-#   minutes on a 2-core laptop (up to twice that on a slower one) and under 2 GiB of memory (the measured time:
-#   `docs/performance.md`; what it learns against a masked LM: `docs/experiments.md`).
+#   minutes on a 2-core laptop (up to twice that on a slower one) and under 2 GiB of memory
+#   (the measured time: `docs/performance.md`; what it learns against a masked LM:
+#   `docs/experiments.md`).
 #
 # From a terminal, the same runs are
 #
