@@ -91,3 +91,70 @@ def test_distill_needs_a_teacher_a_jepa_and_token_targets():
                             (["objective.centre_momentum=1"], "centre_momentum")):
         with pytest.raises(ConfigError, match=word):
             runs.load_config(None, ['objective.loss="distill"', *overrides])
+
+
+def ibot(**objective) -> Data2VecJEPA:
+    torch.manual_seed(0)
+    return Data2VecJEPA(SMALL_MODEL, ObjectiveConfig(student="encoder", loss="distill",
+                                                     document_weight=0.5, **objective))
+
+
+def test_the_document_term_is_ibots_cls_loss_on_the_pooled_masked_document():
+    model = ibot().eval()
+    batch = short_batch()
+    with torch.no_grad():
+        _, _, term = model(batch)  # anti_collapse ema: the document term alone
+        h, masked, documents = model.encode(batch)
+        slots = (masked.groups >= 0).float()[..., None]
+        student = model.head((h * slots).sum(1) / slots.sum(1))  # the masked document's mean
+        valid = torch.arange(batch.tokens.shape[1]) < batch.lengths[:, None]
+        whole = (documents * valid[..., None]).sum(1) / batch.lengths[:, None]
+        teacher = whole[batch.document]  # each view's whole document, as the teacher sees it
+        expected = model.document_prototypes.loss(student, teacher)
+    assert expected.shape == (len(batch.document),)
+    torch.testing.assert_close(term, 0.5 * expected.mean())
+    assert not model.document_prototypes.centre.any()  # eval: the centre stays
+
+
+def test_the_document_term_trains_the_encoder_and_its_own_prototypes_and_centre():
+    model = ibot()
+    batch = short_batch()
+    loss_sum, n, term = model(batch)
+    assert model.document_prototypes.centre.abs().sum() > 0  # its own centre moved
+    term.backward()  # the document term alone
+    assert model.document_prototypes.weight.grad.abs().sum() > 0
+    assert model.prototypes.weight.grad is None  # the token prototypes are not its
+    assert any(p.grad is not None and p.grad.abs().sum() > 0  # the student learns from it
+               for p in model.context_encoder.parameters())
+    teacher = model.document_prototypes.teacher_weight.clone()
+    with torch.no_grad():
+        model.document_prototypes.weight.add_(1.0)
+    model.update_target(0.5)
+    assert torch.allclose(model.document_prototypes.teacher_weight, teacher + 0.5, atol=1e-6)
+
+
+def test_without_a_document_weight_ibot_has_no_document_term():
+    model = Data2VecJEPA(SMALL_MODEL, ObjectiveConfig(student="encoder", loss="distill"))
+    assert not hasattr(model, "document_prototypes")
+    assert float(model(short_batch())[2]) == 0.0
+
+
+def test_a_run_with_the_document_term_trains_and_loads_back_its_prototypes(tinytales_bins,
+                                                                          tmp_path):
+    config = runs.load_config(None, tiny(tinytales_bins, "train.max_steps=3",
+                                         'objective.loss="distill"', 'objective.student="encoder"',
+                                         "objective.document_weight=1.0",
+                                         "objective.prototypes=16"))
+    train.train(config, tmp_path / "run", progress=False)
+    model, loaded, _ = runs.load_run(tmp_path / "run")
+    assert loaded.objective.document_weight == 1.0
+    assert model.document_prototypes.centre.abs().sum() > 0  # the trained centre came back
+
+
+def test_the_document_term_needs_ibots_student_and_loss():
+    for overrides, word in ((['objective.loss="distill"'], "student"),
+                            (['objective.student="encoder"'], "distill"),
+                            (['objective.loss="distill"', 'objective.student="encoder"',
+                              "objective.document_weight=-1"], "document_weight")):
+        with pytest.raises(ConfigError, match=word):
+            runs.load_config(None, ["objective.document_weight=1.0", *overrides])

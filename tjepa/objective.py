@@ -97,6 +97,13 @@ class ObjectiveConfig:
     their EMA, centred and sharpened at ``teacher_temperature``; the centre follows the
     teacher's mean logits at ``centre_momentum``. It needs an EMA (the teacher's prototypes
     follow the student's at the target encoder's momentum) and per-token targets.
+
+    ``document_weight`` (iBOT's λ for its [CLS] loss; 0: off) adds, for ``student =
+    "encoder"`` with ``loss = "distill"``, the same self-distillation on whole documents:
+    the student's mean output over the masked document against the teacher's mean target of
+    the whole document, over prototypes and a centre of their own (``tjepa.data2vec``). The
+    token loss asks what stood at each hidden slot; this one asks what the whole document is,
+    the question the probes put to a pooled embedding.
     """
 
     name: ObjectiveName = "jepa"
@@ -120,6 +127,7 @@ class ObjectiveConfig:
     span_targets: SpanTargets = "off"
     target_centering: TargetCentering = "off"
     student: Student = "predictor"
+    document_weight: float = 0.0  # distill with the encoder student: iBOT's [CLS] loss
 
     def __post_init__(self) -> None:
         check(self.student == "predictor" or self.name == "jepa",
@@ -138,6 +146,9 @@ class ObjectiveConfig:
                   f"teacher_temperature must be > 0, got {self.teacher_temperature}")
             check(0 <= self.centre_momentum < 1,
                   f"centre_momentum must be in [0, 1), got {self.centre_momentum}")
+        check(self.document_weight == 0 or (self.loss == "distill" and self.student == "encoder"),
+              "document_weight is iBOT's [CLS] loss: it needs loss = 'distill' and student = "
+              f"'encoder', got loss = {self.loss!r}, student = {self.student!r}")
         check(self.target_blocks >= 0, f"target_blocks must be >= 0, got {self.target_blocks}")
         check(not self.share_embeddings or self.uses_ema,
               "share_embeddings needs a target encoder of its own (anti_collapse ema or "
@@ -148,7 +159,7 @@ class ObjectiveConfig:
               f"sigreg_samples must be >= 1, got {self.sigreg_samples}")
         check(self.sigreg_weight < 1, f"sigreg_weight must be < 1, got {self.sigreg_weight}")
         for name in ("sigreg_weight", "vicreg_variance_weight", "vicreg_covariance_weight",
-                     "jepa_weight"):
+                     "jepa_weight", "document_weight"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
