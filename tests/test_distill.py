@@ -102,7 +102,11 @@ def ibot(**objective) -> Data2VecJEPA:
 def test_the_document_term_is_ibots_cls_loss_on_the_pooled_masked_document():
     model = ibot().eval()
     batch = short_batch()
-    with torch.no_grad():
+    with torch.no_grad():  # a teacher apart from the student, and a centre: both are read
+        heads = model.document_prototypes
+        heads.teacher_weight.add_(torch.randn_like(heads.teacher_weight) * 0.1)
+        heads.centre.copy_(torch.randn_like(heads.centre))
+        centre = model.document_prototypes.centre.clone()
         _, _, term = model(batch)  # anti_collapse ema: the document term alone
         h, masked, documents = model.encode(batch)
         slots = (masked.groups >= 0).float()[..., None]
@@ -110,10 +114,17 @@ def test_the_document_term_is_ibots_cls_loss_on_the_pooled_masked_document():
         valid = torch.arange(batch.tokens.shape[1]) < batch.lengths[:, None]
         whole = (documents * valid[..., None]).sum(1) / batch.lengths[:, None]
         teacher = whole[batch.document]  # each view's whole document, as the teacher sees it
-        expected = model.document_prototypes.loss(student, teacher)
-    assert expected.shape == (len(batch.document),)
+        w, w_teacher = (F.normalize(x, dim=-1) for x in (heads.weight, heads.teacher_weight))
+        p_teacher = torch.softmax((F.normalize(teacher, dim=-1) @ w_teacher.T - centre) / 0.04,
+                                  dim=-1)
+        log_p_student = F.log_softmax(F.normalize(student, dim=-1) @ w.T / 0.1, dim=-1)
+        expected = -(p_teacher * log_p_student).sum(-1)  # (V,)
     torch.testing.assert_close(term, 0.5 * expected.mean())
-    assert not model.document_prototypes.centre.any()  # eval: the centre stays
+    torch.testing.assert_close(model.document_prototypes.centre, centre)  # eval: it stays
+    model.train()
+    with torch.no_grad():  # validation: training mode, no gradients
+        model(batch)
+    torch.testing.assert_close(model.document_prototypes.centre, centre)
 
 
 def test_the_document_term_trains_the_encoder_and_its_own_prototypes_and_centre():
@@ -152,8 +163,8 @@ def test_a_run_with_the_document_term_trains_and_loads_back_its_prototypes(tinyt
 
 
 def test_the_document_term_needs_ibots_student_and_loss():
-    for overrides, word in ((['objective.loss="distill"'], "student"),
-                            (['objective.student="encoder"'], "distill"),
+    for overrides, word in ((['objective.loss="distill"'], "needs student"),
+                            (['objective.student="encoder"'], "needs loss"),
                             (['objective.loss="distill"', 'objective.student="encoder"',
                               "objective.document_weight=-1"], "document_weight")):
         with pytest.raises(ConfigError, match=word):

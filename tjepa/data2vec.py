@@ -58,7 +58,7 @@ class Data2VecJEPA(JEPA):
         self.head = regression_head(config.dim)
         init_weights(self.head)
         o = self.objective
-        if o.document_weight:  # iBOT: one head, its own last layer for [CLS]
+        if o.document_weight:  # iBOT's student: one head, a last layer of its own for [CLS]
             self.document_prototypes = Prototypes(config.dim, o.prototypes, o.temperature,
                                                   o.teacher_temperature, o.centre_momentum)
 
@@ -72,7 +72,7 @@ class Data2VecJEPA(JEPA):
         per_token = self.score(predictions, targets, target_spans(batch))
         extra = self.regularizer(h[:, :masked.n_context], batch.context_valid)
         if self.objective.document_weight:
-            pooled = mean_pool(documents, batch.lengths)[batch.document]  # (V, D)
+            pooled = mean_pool(documents.float(), batch.lengths)[batch.document]  # (V, D)
             extra = extra + self.objective.document_weight * self.document_loss(
                 h, masked.groups >= 0, pooled).mean()
         return (per_token * valid).sum(), valid.sum(), extra
@@ -101,9 +101,9 @@ class Data2VecJEPA(JEPA):
         real ``slots`` (V, C + P) of the masked document, against ``teacher`` (V, D), the
         mean target of the view's whole document, over the document prototypes (their own
         centre, as iBOT keeps one for [CLS] and one for the patches). The centre moves only
-        in training."""
-        weight = slots.to(h.dtype)[..., None]
-        student = self.head((h * weight).sum(1) / weight.sum(1).clamp(min=1))  # (V, D)
+        in training. The means are taken in float32, as bf16 would round the counts."""
+        weight = slots.float()[..., None]
+        student = self.head((h.float() * weight).sum(1) / weight.sum(1).clamp(min=1))  # (V, D)
         training = self.training and torch.is_grad_enabled()
         in_training = torch.ones_like(slots[:, 0]) if training else None
         return self.document_prototypes.loss(student, teacher, in_training)

@@ -146,9 +146,11 @@ class ObjectiveConfig:
                   f"teacher_temperature must be > 0, got {self.teacher_temperature}")
             check(0 <= self.centre_momentum < 1,
                   f"centre_momentum must be in [0, 1), got {self.centre_momentum}")
-        check(self.document_weight == 0 or (self.loss == "distill" and self.student == "encoder"),
-              "document_weight is iBOT's [CLS] loss: it needs loss = 'distill' and student = "
-              f"'encoder', got loss = {self.loss!r}, student = {self.student!r}")
+        if self.document_weight:  # iBOT's [CLS] loss beside its masked prediction
+            check(self.loss == "distill", "document_weight is iBOT's [CLS] loss: it needs "
+                  f"loss = 'distill', got {self.loss!r}")
+            check(self.student == "encoder", "document_weight is iBOT's [CLS] loss: it needs "
+                  f"student = 'encoder', got {self.student!r}")
         check(self.target_blocks >= 0, f"target_blocks must be >= 0, got {self.target_blocks}")
         check(not self.share_embeddings or self.uses_ema,
               "share_embeddings needs a target encoder of its own (anti_collapse ema or "
