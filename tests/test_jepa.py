@@ -126,6 +126,21 @@ def test_token_centred_targets_carry_no_share_of_the_words_identity(target):
     assert shares["off"] > 0.3 and abs(shares["token"]) < 1e-4
 
 
+def test_embedding_targets_are_the_hidden_words_normed_input_embedding_whatever_the_context():
+    torch.manual_seed(0)
+    model = JEPA(SMALL_MODEL, ObjectiveConfig(target="embedding")).eval()
+    tokens = torch.randint(1, 50, (2, 12))
+    tokens[1, 7] = tokens[0, 3]  # one word in two contexts
+    with torch.no_grad():
+        targets = model.document_targets(tokens, torch.tensor([12, 12]))
+        expected = F.layer_norm(model.target_encoder.embed(tokens), (SMALL_MODEL.dim,))
+    torch.testing.assert_close(targets, expected)
+    torch.testing.assert_close(targets[1, 7], targets[0, 3])
+    sequences = [t.numpy() for t in tokens]
+    share = probe.token_share(partial(probe.regression_targets, model), sequences)
+    assert share == pytest.approx(1.0, abs=1e-5)
+
+
 def test_block_targets_see_each_document_alone_whatever_the_padding():
     torch.manual_seed(0)
     model = JEPA(SMALL_MODEL, ObjectiveConfig(target="blocks")).eval()
@@ -167,6 +182,9 @@ def test_target_options_that_cannot_hold_are_config_errors():
     with pytest.raises(ConfigError, match="share_embeddings"):
         runs.load_config(None, ["objective.share_embeddings=true",
                                 'objective.anti_collapse="sigreg"'])
+    with pytest.raises(ConfigError, match="every target zero"):
+        runs.load_config(None, ['objective.target="embedding"',
+                                'objective.target_centering="token"'])
 
 
 def test_mlm_jepa_adds_the_weighted_prediction_loss_to_the_masked_lms():

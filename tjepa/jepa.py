@@ -131,9 +131,12 @@ class JEPA(nn.Module):
         padding), over which ``instance`` norm takes its statistics. ``encoded`` (N, T, D):
         the target encoder's output on these tokens, when the caller has it already; the
         last-layer targets are made from it, not from a second pass (block targets need the
-        blocks' feed-forward outputs, and ignore it)."""
+        blocks' feed-forward outputs, and embedding targets the table alone: both ignore it)."""
         objective = self.objective
-        if objective.target == "last":
+        if objective.target == "embedding":  # the hidden word's code, no context
+            h = self.target_encoder.embed(tokens).float()
+            h = F.layer_norm(h, h.shape[-1:])
+        elif objective.target == "last":
             h = self.target_encoder(tokens, positions, mask) if encoded is None else encoded
             h = F.layer_norm(h, h.shape[-1:])
         else:

@@ -31,7 +31,7 @@ from tjepa.config import check
 ObjectiveName = Literal["jepa", "mlm", "mlm+jepa"]
 LossKind = Literal["smooth_l1", "l2", "cosine", "infonce", "distill"]
 AntiCollapse = Literal["ema", "sigreg", "vicreg"]
-TargetKind = Literal["last", "blocks"]
+TargetKind = Literal["last", "blocks", "embedding"]
 BlockNorm = Literal["instance", "layer"]
 SpanTargets = Literal["off", "only", "also"]
 TargetCentering = Literal["off", "token"]
@@ -66,6 +66,10 @@ class ObjectiveConfig:
       features — then averaged. The residual stream carries each token's input embedding up to
       the last layer; a block's own output does not, so these targets are less a code of the
       hidden word and more what the context made of it.
+    - ``embedding``: the target encoder's input embedding of the hidden token, layer-normed: the
+      word's code and nothing the context made of it (the target token share is 1 by
+      construction). A diagnostic, not a recipe: the bottom end of data2vec's choice of target
+      layer, to measure what the target encoder's blocks add to a JEPA's target.
 
     ``span_targets``: ``only`` scores each target span once, its predictions' mean against its
     targets' mean (weighed by its length, so every target token counts as much as before);
@@ -152,6 +156,9 @@ class ObjectiveConfig:
             check(self.student == "encoder", "document_weight is iBOT's [CLS] loss: it needs "
                   f"student = 'encoder', got {self.student!r}")
         check(self.target_blocks >= 0, f"target_blocks must be >= 0, got {self.target_blocks}")
+        check(self.target != "embedding" or self.target_centering == "off",
+              "target = 'embedding' is the word's code alone: target_centering = 'token' would "
+              "make every target zero")
         check(not self.share_embeddings or self.uses_ema,
               "share_embeddings needs a target encoder of its own (anti_collapse ema or "
               f"vicreg); under {self.anti_collapse!r} the context encoder makes the targets")
