@@ -68,8 +68,9 @@ class ObjectiveConfig:
       hidden word and more what the context made of it.
     - ``embedding``: the target encoder's input embedding of the hidden token, layer-normed: the
       word's code and nothing the context made of it (the target token share is 1 by
-      construction). A diagnostic, not a recipe: the bottom end of data2vec's choice of target
-      layer, to measure what the target encoder's blocks add to a JEPA's target.
+      construction), the bottom end of data2vec's choice of target layer. Against ``last`` it
+      measures what the target encoder's blocks add to a JEPA's target; with it, the JEPA
+      learns only to guess the hidden word.
 
     ``span_targets``: ``only`` scores each target span once, its predictions' mean against its
     targets' mean (weighed by its length, so every target token counts as much as before);
