@@ -145,8 +145,12 @@ plot.embedding_map(features.numpy(), labels, f"{title} (PCA of embeddings)");
 
 # %% [markdown]
 # ## The decoder lens
-# The token readout, fit on target-encoder embeddings, applied to the predictor's outputs at
-# hidden positions: which words does the predictor "think" fill each span?
+# The token readout, fit on the targets at every token, applied to the student's outputs at
+# hidden positions: which words does the predictor (or, with `objective.student = "encoder"`,
+# the encoder's head) "think" fill each span? The lens reads a regression's outputs in the
+# space they were trained in. A `distill` student's outputs are scored only through learned
+# prototypes, by cosine, so there the readout reads them in a space they were never fitted
+# to, and its guesses say little about the run.
 
 # %%
 from tjepa.masking import MaskSampler

@@ -3,6 +3,9 @@ run read back from its folder alone."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,8 @@ import torch
 from tests.helpers import tiny
 from tjepa import runs, train
 from tjepa.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -66,3 +71,18 @@ def test_a_run_folder_with_the_objective_under_optim_is_read_with_a_warning(tmp_
 def test_an_objective_key_set_under_optim_is_an_error_that_names_its_section():
     with pytest.raises(ConfigError, match=r"--set objective.anti_collapse=\.\.\."):
         runs.load_config(None, ['optim.anti_collapse="ema"'])
+
+
+@pytest.mark.parametrize(("config_file", "variant"), [
+    ("configs/tinystories_cpu.toml", "ibot-embed"),
+    ("configs/tinystories_cpu_ijepa.toml", "jepa"),
+])
+def test_each_real_text_cpu_config_is_the_one_its_recorded_runs_trained(config_file, variant):
+    # docs/results.md and the README report these configs by the runs kept in docs/runs/levers:
+    # a change to a config that those runs did not train must fail here, not go unnoticed
+    for seed in (0, 1, 2):
+        saved = runs.load_config(ROOT / f"docs/runs/levers/{variant}-seed{seed}/config.toml")
+        config = runs.load_config(ROOT / config_file, [f"train.seed={seed}"])
+        config = replace(config, data=replace(config.data, dir=saved.data.dir),
+                         model=replace(config.model, vocab_size=saved.model.vocab_size))
+        assert config == saved
