@@ -3,6 +3,7 @@ run read back from its folder alone."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -73,16 +74,29 @@ def test_an_objective_key_set_under_optim_is_an_error_that_names_its_section():
         runs.load_config(None, ['optim.anti_collapse="ema"'])
 
 
-@pytest.mark.parametrize(("config_file", "variant"), [
-    ("configs/tinystories_cpu.toml", "ibot-embed"),
-    ("configs/tinystories_cpu_ijepa.toml", "jepa"),
-])
-def test_each_real_text_cpu_config_is_the_one_its_recorded_runs_trained(config_file, variant):
-    # docs/results.md and the README report these configs by the runs kept in docs/runs/levers:
-    # a change to a config that those runs did not train must fail here, not go unnoticed
+def recorded_config(config_file: str | Path, overrides: list[str], saved: runs.RunConfig):
+    """A config file with overrides, resolved as the recorded run ``saved`` was: its bins
+    folder and their vocabulary."""
+    config = runs.load_config(ROOT / config_file, overrides)
+    return replace(config, data=replace(config.data, dir=saved.data.dir),
+                   model=replace(config.model, vocab_size=saved.model.vocab_size))
+
+
+def test_every_recorded_real_text_run_trained_the_ijepa_cpu_config_with_its_overrides():
+    # docs/experiments.md's commands name configs/tinystories_cpu_ijepa.toml: a change to it
+    # that the runs kept in docs/runs/levers did not train must fail here
+    levers = ROOT / "docs/runs/levers"
+    recorded = json.loads((levers / "sweep.json").read_text())["variants"]
+    for variant in recorded:
+        for seed in variant["seeds"]:
+            saved = runs.load_config(levers / f"{variant['name']}-seed{seed}/config.toml")
+            overrides = [*variant["overrides"], f"train.seed={seed}"]
+            assert recorded_config(variant["config"], overrides, saved) == saved, variant
+
+
+def test_the_cpu_config_is_the_recipe_its_recorded_runs_trained():
+    # docs/results.md and the README report configs/tinystories_cpu.toml by these runs
     for seed in (0, 1, 2):
-        saved = runs.load_config(ROOT / f"docs/runs/levers/{variant}-seed{seed}/config.toml")
-        config = runs.load_config(ROOT / config_file, [f"train.seed={seed}"])
-        config = replace(config, data=replace(config.data, dir=saved.data.dir),
-                         model=replace(config.model, vocab_size=saved.model.vocab_size))
+        saved = runs.load_config(ROOT / f"docs/runs/levers/ibot-embed-seed{seed}/config.toml")
+        config = recorded_config("configs/tinystories_cpu.toml", [f"train.seed={seed}"], saved)
         assert config == saved
