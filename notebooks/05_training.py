@@ -32,7 +32,8 @@
 # to `final_weight_decay`. The EMA momentum rises linearly from `ema_momentum` to
 # `final_ema_momentum` (1.0): early on the target encoder follows the context encoder closely,
 # because both are still far from good; late it barely moves, so the targets hold still while
-# the predictor and encoder fine-tune against them. All three are I-JEPA's.
+# the context encoder (and the predictor, where there is one) fine-tune against them. All
+# three are I-JEPA's.
 #
 # The full run goes through exactly the code path of `python -m tjepa.train`: a config, the
 # loop in `tjepa/train.py`, a run folder with metrics and checkpoints. Which config depends on
@@ -48,8 +49,9 @@
 #   1,200 steps at a learning rate that moves a 9k-word vocabulary in a short run, about ten
 #   minutes on a 2-core laptop (up to twice that on a slower one) and under 2 GiB of memory
 #   (the measured time: `docs/performance.md`). Its JEPA is not chapter 03's: on real text at
-#   this size the predictor's regression learns less than a masked LM, and the recipe that
-#   comes nearest it moves the guessing into the encoder. The encoder reads the document with
+#   this size the predictor's regression learns less than a masked LM, and the recipe with the
+#   best mean, within the noise of the masked LM, changes the student, the loss and the
+#   target at once. The encoder reads the document with
 #   `[MASK]` at the targets (data2vec's and iBOT's student), and its distribution over learned
 #   prototypes is scored against the EMA teacher's distribution for the hidden word's input
 #   embedding (iBOT's self-distillation, `objective.loss = "distill"`). The EMA teacher and the

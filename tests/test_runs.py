@@ -16,6 +16,7 @@ from tjepa import runs, train
 from tjepa.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
+LEVERS = ROOT / "docs/runs/levers"  # the real-text runs' records that the docs' tables read
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -85,18 +86,22 @@ def recorded_config(config_file: str | Path, overrides: list[str], saved: runs.R
 def test_every_recorded_real_text_run_trained_the_ijepa_cpu_config_with_its_overrides():
     # docs/experiments.md's commands name configs/tinystories_cpu_ijepa.toml: a change to it
     # that the runs kept in docs/runs/levers did not train must fail here
-    levers = ROOT / "docs/runs/levers"
-    recorded = json.loads((levers / "sweep.json").read_text())["variants"]
+    recorded = json.loads((LEVERS / "sweep.json").read_text())["variants"]
+    assert len(recorded) > 20 and {v["config"] for v in recorded} == {
+        "configs/tinystories_cpu_ijepa.toml"}
     for variant in recorded:
         for seed in variant["seeds"]:
-            saved = runs.load_config(levers / f"{variant['name']}-seed{seed}/config.toml")
+            saved = runs.load_config(LEVERS / f"{variant['name']}-seed{seed}/config.toml")
             overrides = [*variant["overrides"], f"train.seed={seed}"]
             assert recorded_config(variant["config"], overrides, saved) == saved, variant
 
 
 def test_the_cpu_config_is_the_recipe_its_recorded_runs_trained():
     # docs/results.md and the README report configs/tinystories_cpu.toml by these runs
-    for seed in (0, 1, 2):
-        saved = runs.load_config(ROOT / f"docs/runs/levers/ibot-embed-seed{seed}/config.toml")
+    recorded = json.loads((LEVERS / "sweep.json").read_text())["variants"]
+    seeds = next(v["seeds"] for v in recorded if v["name"] == "ibot-embed")
+    assert len(seeds) >= 3
+    for seed in seeds:
+        saved = runs.load_config(LEVERS / f"ibot-embed-seed{seed}/config.toml")
         config = recorded_config("configs/tinystories_cpu.toml", [f"train.seed={seed}"], saved)
         assert config == saved
