@@ -50,14 +50,13 @@
 #   minutes on a 2-core laptop (up to twice that on a slower one) and under 2 GiB of memory
 #   (the measured time: `docs/performance.md`). Its JEPA is not chapter 03's: on real text at
 #   this size the predictor's regression learns less than a masked LM, and the recipe with the
-#   best mean, within the noise of the masked LM, changes the student, the loss and the
-#   target at once. The encoder reads the document with
-#   `[MASK]` at the targets (data2vec's and iBOT's student), and its distribution over learned
-#   prototypes is scored against the EMA teacher's distribution for the hidden word's input
-#   embedding (iBOT's self-distillation, `objective.loss = "distill"`). The EMA teacher and the
-#   schedules below are the same. Chapter 03's recipe at this size is
-#   `configs/tinystories_cpu_ijepa.toml`; how the two compare, and against a masked LM:
-#   `docs/experiments.md`.
+#   best mean, within the noise of the masked LM, changes the student, the loss and the target
+#   at once. The encoder reads the document with `[MASK]` at the targets (data2vec's and
+#   iBOT's student), and its distribution over learned prototypes is scored against the EMA
+#   teacher's distribution for the hidden word's input embedding (iBOT's self-distillation,
+#   `objective.loss = "distill"`). The EMA teacher and the schedules below are the same.
+#   Chapter 03's recipe at this size is `configs/tinystories_cpu_ijepa.toml`; how the two
+#   compare, and against a masked LM: `docs/experiments.md`.
 #
 # From a terminal, the same runs are
 #
