@@ -285,11 +285,11 @@ display(Markdown(table("../docs/results.md", "tinytales")))
 #   and keeps more of the word-named factors. On real text at this budget it has not bought anything a probe
 #   can see; docs/experiments.md keeps the levers tried (data2vec's targets and its encoder
 #   student, span targets, InfoNCE, iBOT's self-distillation, short spans, several masks per
-#   target pass, the masked LM with a JEPA term) and what each did. One JEPA comes within
-#   the noise of the masked LM on three seeds: iBOT's cross-entropy over learned prototypes,
-#   with the hidden word's input embedding as the target, no context in it at all, which
-#   `configs/tinystories_cpu.toml` trains. Its last-layer twin trails. The section "Where the JEPA stands against the masked LM on real text"
-#   there reads that as a JEPA learning a masked LM's task: at this budget, what the target
+#   target pass, the masked LM with a JEPA term) and what each did. One JEPA comes closest
+#   to the masked LM on three seeds, 0.005 under it: iBOT's cross-entropy over learned
+#   prototypes, with the hidden word's input embedding as the target, no context in it at
+#   all, which `configs/tinystories_cpu.toml` trains. Its last-layer twin trails. The section
+#   "Where the JEPA stands against the masked LM on real text" there reads that as a JEPA learning a masked LM's task: at this budget, what the target
 #   encoder adds beyond the word does not help it.
 #
 # ## Summary
