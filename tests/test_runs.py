@@ -3,7 +3,6 @@ run read back from its folder alone."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from tests.helpers import tiny
 from tjepa import runs, train
 from tjepa.config import ConfigError
+from tjepa.lab.sweep import saved_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVERS = ROOT / "docs/runs/levers"  # the real-text runs' records that the docs' tables read
@@ -86,7 +86,7 @@ def recorded_config(config_file: str | Path, overrides: list[str], saved: runs.R
 def test_every_recorded_real_text_run_trained_the_ijepa_cpu_config_with_its_overrides():
     # docs/experiments.md's commands name configs/tinystories_cpu_ijepa.toml: a change to it
     # that the runs kept in docs/runs/levers did not train must fail here
-    recorded = json.loads((LEVERS / "sweep.json").read_text())["variants"]
+    recorded = saved_variants(LEVERS)
     assert len(recorded) > 20 and {v["config"] for v in recorded} == {
         "configs/tinystories_cpu_ijepa.toml"}
     for variant in recorded:
@@ -98,8 +98,7 @@ def test_every_recorded_real_text_run_trained_the_ijepa_cpu_config_with_its_over
 
 def test_the_cpu_config_is_the_recipe_its_recorded_runs_trained():
     # docs/results.md and the README report configs/tinystories_cpu.toml by these runs
-    recorded = json.loads((LEVERS / "sweep.json").read_text())["variants"]
-    seeds = next(v["seeds"] for v in recorded if v["name"] == "ibot-embed")
+    seeds = next(v["seeds"] for v in saved_variants(LEVERS) if v["name"] == "ibot-embed")
     assert len(seeds) >= 3
     for seed in seeds:
         saved = runs.load_config(LEVERS / f"ibot-embed-seed{seed}/config.toml")
