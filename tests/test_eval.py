@@ -24,7 +24,8 @@ def test_eval_scores_every_probe_against_random_init_and_the_shortcuts(tiny_run)
             "order:halves", "order:words", "token_identity", "decoder_lens"} <= names
     kinds = {p["name"]: p["kind"] for p in report["probes"]}
     assert {kinds[n] for n in ("factor:friend", "same_story", "order:halves",
-                               "order:words")} == {"semantic"}
+                               "order:words")} == {"story"}
+    assert {k for n, k in kinds.items() if n.startswith("discourse:")} == {"sentences"}
     assert kinds["forecast:ending"] == "pretext"  # the S denoiser's own task: not the headline
     assert kinds["factor:ending"] == "nonlinear" and kinds["factor:hero"] == "lexical"
     for p in report["probes"]:
@@ -33,18 +34,21 @@ def test_eval_scores_every_probe_against_random_init_and_the_shortcuts(tiny_run)
         assert 0 <= p["trained"] <= 1 and 0 <= p["random_init"] <= 1
         # the baseline of a document probe is the mean of two twins, with its spread
         assert (p["random_init_std"] is not None) == (p["kind"] != "information")
-        shortcuts = p["kind"] in ("semantic", "discourse", "lexical", "nonlinear")
+        shortcuts = p["kind"] in ("story", "sentences", "lexical", "nonlinear")
         assert set(p["baselines"]) == (set(probe.SHORTCUTS) if shortcuts else set())
     hero = next(p for p in report["probes"] if p["name"] == "factor:hero")
     # a name is a word: a bag of words reads it
     assert max(hero["baselines"]["bag_of_words"], hero["baselines"]["bag_of_embeddings"]) > 0.9
-    semantic = [p["trained"] - p["best_baseline"] for p in report["probes"]
-                if p["kind"] == "semantic"]
-    assert report["semantic_gain"] == pytest.approx(sum(semantic) / len(semantic), abs=1e-4)
-    discourse = [p["trained"] - p["best_baseline"] for p in report["probes"]
-                 if p["kind"] == "discourse"]
-    assert discourse and report["discourse_gain"] == pytest.approx(
-        sum(discourse) / len(discourse), abs=1e-4)
+    # the headline: what training added to random init, where no shortcut reads 0.9
+    headline = [p for p in report["probes"] if p["kind"] in probe.HEADLINE_KINDS
+                and max(p["baselines"].values()) < probe.SHORTCUT_LINE]
+    assert report["headline_probes"] == [p["name"] for p in headline]
+    assert "factor:ending" in report["headline_probes"]  # no shortcut reads an XNOR
+    assert "factor:hero" not in report["headline_probes"]  # a word names it
+    added = [p["trained"] - p["random_init"] for p in headline]
+    assert report["training_gain"] == pytest.approx(sum(added) / len(added), abs=1e-4)
+    assert report["passed"] == [p["name"] for p in report["probes"] if p["baselines"]
+                                and p["trained"] - p["best_baseline"] >= probe.NOISE]
     assert (Path(report["checkpoint"]).name, report["step"]) == ("last.pt", 8)
     assert report["rankme"] > 0
     assert 0 < report["target_token_share"] <= 1
@@ -60,15 +64,15 @@ def test_eval_reads_the_checkpoint_it_is_told_to(tiny_run):
         tjepa_eval.evaluate_run(tiny_run, checkpoint=tiny_run / "missing.pt", progress=False)
 
 
-def test_document_probes_alone_score_the_semantic_probes_as_the_full_suite_does(tiny_run):
+def test_document_probes_alone_score_the_headline_as_the_full_suite_does(tiny_run):
     kwargs = dict(max_documents=100, random_inits=1, progress=False)
     full = tjepa_eval.evaluate_run(tiny_run, **kwargs)
     documents = tjepa_eval.evaluate_run(tiny_run, token_probes=False, **kwargs)
     kinds = {p["kind"] for p in documents["probes"]}
     assert "information" in {p["kind"] for p in full["probes"]} and "information" not in kinds
-    semantic = lambda report: [p for p in report["probes"] if p["kind"] == "semantic"]
-    assert semantic(documents) == semantic(full)
-    assert documents["semantic_gain"] == full["semantic_gain"]
+    story = lambda report: [p for p in report["probes"] if p["kind"] == "story"]
+    assert story(documents) == story(full)
+    assert documents["training_gain"] == full["training_gain"]
 
 
 def test_a_second_eval_reads_the_baselines_from_the_cache_and_scores_what_a_fresh_one_does(
@@ -109,8 +113,8 @@ def test_rescored_shortcuts_are_those_a_fresh_eval_scores_and_leave_the_encoders
     (saved / "eval.json").write_text(json.dumps(report))
     rescored = tjepa_eval.rescore_shortcuts(saved, max_documents=100, progress=False)
     assert rescored["probes"] == fresh["probes"]
-    assert (rescored["semantic_gain"], rescored["discourse_gain"]) == (
-        fresh["semantic_gain"], fresh["discourse_gain"])
+    assert (rescored["training_gain"], rescored["passed"]) == (
+        fresh["training_gain"], fresh["passed"])
     assert rescored["shortcuts_rescored"] == sorted(probe.TEXT_SHORTCUTS)
     with pytest.raises(RunError, match="--max-documents"):  # other texts than were probed
         tjepa_eval.rescore_shortcuts(saved, max_documents=99, progress=False)
@@ -122,8 +126,8 @@ def test_eval_cli_prints_json_last(tiny_run):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert {"probes", "rankme", "semantic_gain", "target_token_share", "checkpoint",
-            "step"} <= set(last)
+    assert {"probes", "rankme", "training_gain", "headline_probes", "passed",
+            "target_token_share", "checkpoint", "step"} <= set(last)
     assert all({"name", "kind", "trained", "random_init", "best_baseline"} <= set(p)
                for p in last["probes"])
 
@@ -148,15 +152,18 @@ def test_runs_table_sets_saved_evaluations_side_by_side_and_writes_the_readme(ti
     assert table in text and "old" not in text and text.endswith("end\n")
     assert f"--saved --readme {readme}`" in text  # the command that wrote it
     header, _, *rows = table.splitlines()
-    assert header.startswith(f"| probe: trained (best baseline) | {tiny_run.name} | twin |")
+    assert header.startswith(
+        f"| probe: trained (random init / best shortcut) | {tiny_run.name} | twin |")
     first = report["probes"][0]["name"]
     assert any(row.startswith(f"| {first} (") and "| 0.123 (" in row for row in rows)
-    labels = [row.split("|")[1].strip().rsplit("(", 1)[-1].rstrip(")") for row in rows]
+    labels = [row.split("|")[1].strip().removesuffix(" ✓").rsplit("(", 1)[-1].rstrip(")")
+              for row in rows]
     kinds = [label for label in labels if label in tjepa_eval.KIND_ORDER]
-    assert kinds == sorted(kinds, key=tjepa_eval.KIND_ORDER.index)  # semantic first
-    gain = f"**{report['semantic_gain']:+.3f}**"
-    assert rows.index(f"| **semantic gain** (mean margin) | {gain} | {gain} |") == \
-        kinds.count("semantic")
+    assert kinds == sorted(kinds, key=tjepa_eval.KIND_ORDER.index)  # story first
+    headline = [row for row in rows if row.split("|")[1].strip().endswith("✓")]
+    assert len(headline) == len(report["headline_probes"])
+    gain = f"**{report['training_gain']:+.3f}**"  # the twin's change is in no headline probe
+    assert f"| **training gain** (✓ probes: trained − random init) | {gain} | {gain} |" in rows
     assert "| checkpoint (step) | last.pt (8) | last.pt (8) |" in rows
     del report["probes"][0]  # a probe one run lacks (the masked LM has no predictor) is a dash
     (twin / "eval.json").write_text(json.dumps(report))

@@ -62,9 +62,9 @@ def test_margins_figure_draws_each_runs_margin_over_its_own_best_baseline():
     from tjepa.probe import ProbeResult
 
     def results(trained):
-        return [ProbeResult("a", "semantic", trained=trained, random_init=0.5,
+        return [ProbeResult("a", "story", trained=trained, random_init=0.5,
                             baselines={"bag_of_words": 0.6}),
-                ProbeResult("b", "discourse", trained=0.4, random_init=0.5),
+                ProbeResult("b", "sentences", trained=0.4, random_init=0.5),
                 ProbeResult("c", "lexical", trained=0.9, random_init=0.5)]
 
     fig = plot.margins_figure({"jepa": results(0.7), "mlm": results(0.55)})

@@ -99,12 +99,30 @@ def test_same_story_pairs_cannot_be_told_apart_by_their_lengths(tinytales_bins):
 
 
 def test_the_best_baseline_is_the_best_of_random_init_and_the_shortcuts():
-    result = probe.ProbeResult("p", "semantic", trained=0.8, random_init=0.6,
+    result = probe.ProbeResult("p", "story", trained=0.8, random_init=0.6,
                                baselines={"length": 0.5, "bag_of_words": 0.7})
     assert (result.best_baseline, result.best_baseline_name) == (0.7, "bag_of_words")
     assert result.margin == pytest.approx(0.1)
     (record,) = probe.as_dicts([result])
     assert record["best_baseline"] == 0.7 and probe.ProbeResult.from_dict(record) == result
+    assert probe.ProbeResult.from_dict({**record, "kind": "semantic"}) == result  # older name
+
+
+def test_the_training_gain_leaves_out_every_probe_a_shortcut_reads_and_passed_needs_noise():
+    results = [
+        probe.ProbeResult("read", "story", trained=0.95, random_init=0.5,
+                          baselines={"positional_words": 0.99}),  # a shortcut reads it
+        probe.ProbeResult("proof", "sentences", trained=0.7, random_init=0.5,
+                          baselines={"bag_of_words": 0.6}),
+        probe.ProbeResult("close", "nonlinear", trained=0.64, random_init=0.6,
+                          baselines={"length": 0.5}),
+        probe.ProbeResult("word", "lexical", trained=0.5, random_init=0.4,
+                          baselines={"bag_of_words": 0.8}),  # a word names it
+        probe.ProbeResult("forecast:x", "pretext", trained=1.0, random_init=0.5)]
+    assert [r.name for r in results if r.in_headline] == ["proof", "close"]
+    assert probe.training_gain(results) == pytest.approx((0.2 + 0.04) / 2)
+    assert probe.passed(results) == ["proof"]  # close beats its baseline by under NOISE
+    assert probe.training_gain(results[:1]) is None
 
 
 class _Lookup(torch.nn.Module):

@@ -63,10 +63,10 @@ def test_the_objective_has_a_section_of_its_own():
 
 def test_a_run_folder_with_the_objective_under_optim_is_read_with_a_warning(tmp_path):
     old = tmp_path / "config.toml"
-    old.write_text('[optim]\nlr = 0.001\nanti_collapse = "sigreg"\nloss = "l2"\n')
+    old.write_text('[optim]\nlr = 0.001\nanti_collapse = "sigreg"\nsigreg_weight = 0.1\n')
     with pytest.warns(UserWarning, match=r"belong to \[objective\]"):
         config = runs.load_config(old)
-    assert (config.objective.anti_collapse, config.objective.loss) == ("sigreg", "l2")
+    assert (config.objective.anti_collapse, config.objective.sigreg_weight) == ("sigreg", 0.1)
     assert config.optim.lr == 0.001
 
 
@@ -83,24 +83,39 @@ def recorded_config(config_file: str | Path, overrides: list[str], saved: runs.R
                    model=replace(config.model, vocab_size=saved.model.vocab_size))
 
 
-def test_every_recorded_real_text_run_trained_the_ijepa_cpu_config_with_its_overrides():
-    # docs/experiments.md's commands name configs/tinystories_cpu_ijepa.toml: a change to it
-    # that the runs kept in docs/runs/levers did not train must fail here
-    recorded = saved_variants(LEVERS)
-    assert len(recorded) > 20 and {v["config"] for v in recorded} == {
-        "configs/tinystories_cpu_ijepa.toml"}
-    for variant in recorded:
-        for seed in variant["seeds"]:
-            saved = runs.load_config(LEVERS / f"{variant['name']}-seed{seed}/config.toml")
-            overrides = [*variant["overrides"], f"train.seed={seed}"]
-            assert recorded_config(variant["config"], overrides, saved) == saved, variant
+def test_every_recorded_run_trained_its_sweeps_config_with_its_overrides():
+    # the docs' commands name these config files: a change to one that the runs kept in
+    # docs/runs did not train must fail here
+    for records, config_file in ((LEVERS, "configs/tinystories_cpu.toml"),):
+        recorded = saved_variants(records)
+        assert recorded and {v["config"] for v in recorded} == {config_file}
+        for variant in recorded:
+            for seed in variant["seeds"]:
+                saved = runs.load_config(records / f"{variant['name']}-seed{seed}/config.toml")
+                overrides = [*variant["overrides"], f"train.seed={seed}"]
+                assert recorded_config(variant["config"], overrides, saved) == saved, variant
 
 
-def test_the_cpu_config_is_the_recipe_its_recorded_runs_trained():
-    # docs/results.md and the README report configs/tinystories_cpu.toml by these runs
-    seeds = next(v["seeds"] for v in saved_variants(LEVERS) if v["name"] == "ibot-embed")
+@pytest.mark.parametrize(("records", "variant", "config_file"), [
+    (LEVERS, "jepa", "configs/tinystories_cpu.toml"),
+    (LEVERS, "ibot-embed", "configs/recipes/ibot_embedding.toml"),
+    (LEVERS, "mlm", "configs/recipes/masked_lm.toml"),
+])
+def test_each_reported_config_is_the_one_its_recorded_runs_trained(records, variant,
+                                                                   config_file):
+    # docs/results.md reports these config files by these runs, three seeds each
+    seeds = next(v["seeds"] for v in saved_variants(records) if v["name"] == variant)
     assert len(seeds) >= 3
     for seed in seeds:
-        saved = runs.load_config(LEVERS / f"ibot-embed-seed{seed}/config.toml")
-        config = recorded_config("configs/tinystories_cpu.toml", [f"train.seed={seed}"], saved)
-        assert config == saved
+        saved = runs.load_config(records / f"{variant}-seed{seed}/config.toml")
+        assert recorded_config(config_file, [f"train.seed={seed}"], saved) == saved
+
+
+def test_a_recipe_names_only_what_it_changes_over_its_base(tmp_path):
+    (tmp_path / "base.toml").write_text("[model]\ndim = 64\ndepth = 3\n")
+    (tmp_path / "recipe.toml").write_text('base = "base.toml"\n[model]\ndepth = 2\n')
+    config = runs.load_config(tmp_path / "recipe.toml")
+    assert (config.model.dim, config.model.depth) == (64, 2)
+    (tmp_path / "loop.toml").write_text('base = "loop.toml"\n')
+    with pytest.raises(ConfigError, match="leads back"):
+        runs.load_config(tmp_path / "loop.toml")

@@ -3,9 +3,10 @@
     python -m tjepa.eval out/default-20260101-120000 [--data DIR] [--json]
     python -m tjepa.eval RUN RUN ... [--saved] [--readme docs/results.md --marker NAME]
     python -m tjepa.eval RUN ... --rescore-shortcuts   # saved reports, the shortcuts anew
+    python -m tjepa.eval RUN ... --refresh             # saved reports, the headline anew
 
 Writes ``eval.json`` and ``eval.png`` into each run folder; with ``--json`` the last line
-printed is ``{"probes": [...], "rankme": ..., "semantic_gain": ...}`` (of the last run); every
+printed is ``{"probes": [...], "rankme": ..., "training_gain": ...}`` (of the last run); every
 probe carries ``name``, ``kind``, ``trained``, ``random_init``, its shortcut ``baselines`` and
 ``best_baseline``. ``--checkpoint`` picks ``last`` (the default), ``best`` or a path. Given
 several runs it also prints them side by side (``runs_table``); ``--saved`` reads their
@@ -27,8 +28,8 @@ import numpy as np
 
 from tjepa import data, plot, probe, probe_texts
 from tjepa.config import ConfigError
-from tjepa.lab.report import command_line, markdown_table, write_readme_table
 from tjepa.runs import RunError, load_config, load_run, read_metrics
+from tjepa.tables import command_line, markdown_table, write_readme_table
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "cpu",
@@ -61,8 +62,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device
               "checkpoint": model.checkpoint, "step": model.checkpoint_step,
               "data": str(bins.path), "probes": probe.as_dicts(results),
               "rankme": measured[-1]["rankme"] if measured else None,
-              "semantic_gain": probe.gain(results, "semantic"),
-              "discourse_gain": probe.gain(results, "discourse"),
+              **probe.headline(results),
               "target_token_share": round(probe.token_share(
                   partial(probe.regression_targets, model), stories, device), 4)}
     (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
@@ -108,11 +108,32 @@ def rescore_shortcuts(run_dir: str | Path, data_dir: str | Path | None = None,
             merged = result.baselines | found["baselines"]
             result.baselines = {k: merged[k] for k in probe.SHORTCUTS if k in merged}
         results.append(result)
-    report.update(probes=probe.as_dicts(results),
-                  semantic_gain=probe.gain(results, "semantic"),
-                  discourse_gain=probe.gain(results, "discourse"),
-                  shortcuts_rescored=sorted(probe.TEXT_SHORTCUTS))
-    path.write_text(json.dumps(report, indent=2))
+    report["shortcuts_rescored"] = sorted(probe.TEXT_SHORTCUTS)
+    return save_refreshed(run_dir, report, results)
+
+
+def refresh_report(run_dir: str | Path) -> dict:
+    """A saved ``eval.json`` with what it derives from its probe scores worked out anew: the
+    probes' kinds under their current names, the headline and the probes passed
+    (``probe.headline``). No score changes and no model is read. Rewrites eval.json (and
+    eval.png where there is one) and returns the report."""
+    run_dir = Path(run_dir)
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no eval.json; run python -m tjepa.eval {run_dir}")
+    report = json.loads(path.read_text())
+    results = [probe.ProbeResult.from_dict(r) for r in report["probes"]]
+    return save_refreshed(run_dir, report, results)
+
+
+def save_refreshed(run_dir: Path, report: dict, results: list[probe.ProbeResult]) -> dict:
+    """``report`` with ``results`` as its probes and the headline they give, written back to
+    the run folder's eval.json (and eval.png where there is one); keys of older reports that
+    the headline replaces are dropped."""
+    for retired in ("semantic_gain", "discourse_gain"):
+        report.pop(retired, None)
+    report.update(probes=probe.as_dicts(results), **probe.headline(results))
+    (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
     if (run_dir / "eval.png").is_file():
         fig = plot.probe_figure(results)
         fig.savefig(run_dir / "eval.png", dpi=110)
@@ -132,36 +153,41 @@ def probe_table(results: list[probe.ProbeResult]) -> str:
           f"{r.margin:+.3f}"] for r in results))
 
 
-KIND_ORDER = ("semantic", "discourse", "nonlinear", "lexical", "pretext", "information")
+KIND_ORDER = ("story", "sentences", "nonlinear", "lexical", "pretext", "information")
 
 
 def runs_table(run_dirs: list[str | Path]) -> str:
-    """Runs side by side from their ``eval.json`` and metrics: every probe (semantic first,
-    then their mean margin over the best baseline), which checkpoint was probed, the final
-    RankMe, the collapse alarm, and the loss from the first to the last log. A probe cell
-    reads ``trained (best baseline)``; a probe a run's objective has no part for is a dash."""
+    """Runs side by side from their ``eval.json`` and metrics: every probe by kind, marked ✓
+    when it is in the headline (no shortcut reads it at ``probe.SHORTCUT_LINE``), the
+    training gain and the probes passed, which checkpoint was probed, the final RankMe, the
+    collapse alarm, and the loss from the first to the last log. A probe cell reads
+    ``trained (random init / best shortcut)``; a probe a run's objective has no part for is
+    a dash."""
     run_dirs = [Path(r) for r in run_dirs]
     reports = []
     for run_dir in run_dirs:
         if not (run_dir / "eval.json").is_file():
             raise RunError(f"{run_dir}: no eval.json; run python -m tjepa.eval {run_dir}")
         reports.append(json.loads((run_dir / "eval.json").read_text()))
-    probes = [{p["name"]: p for p in r["probes"]} for r in reports]
-    kinds = {name: p["kind"] for found in probes for name, p in found.items()}
-    if any("best_baseline" not in p for found in probes for p in found.values()):
-        raise RunError("an eval.json predates the shortcut baselines; evaluate it again")
-    cell = lambda p: "—" if p is None else f"{p['trained']:.3f} ({p['best_baseline']:.3f})"
+    results = [{p["name"]: probe.ProbeResult.from_dict(p) for p in r["probes"]}
+               for r in reports]
+    kinds = {name: r.kind for found in results for name, r in found.items()}
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"
+    cell = lambda r: "—" if r is None else (
+        f"{r.trained:.3f} ({r.random_init:.3f} / {fmt(r.best_shortcut)})")
     rows = []
     for kind in KIND_ORDER:
         for name in [n for n, k in kinds.items() if k == kind]:
-            rows.append([f"{name} ({kind})", *(cell(found.get(name)) for found in probes)])
-        if kind in ("semantic", "discourse") and any(r.get(f"{kind}_gain") is not None
-                                                     for r in reports):
-            rows.append([f"**{kind} gain** (mean margin)",
-                         *("—" if r.get(f"{kind}_gain") is None
-                           else f"**{r[f'{kind}_gain']:+.3f}**" for r in reports)])
+            headline = any(found[name].in_headline for found in results if name in found)
+            rows.append([f"{name} ({kind})" + (" ✓" if headline else ""),
+                         *(cell(found.get(name)) for found in results)])
+    gains = [probe.training_gain(list(found.values())) for found in results]
     metrics = [read_metrics(d) for d in run_dirs]
     rows += [
+        ["**training gain** (✓ probes: trained − random init)",
+         *("—" if g is None else f"**{g:+.3f}**" for g in gains)],
+        [f"passed (by ≥ {probe.NOISE} over the best baseline)",
+         *(", ".join(probe.passed(list(found.values()))) or "none" for found in results)],
         ["objective", *(r.get("objective", "jepa") for r in reports)],
         ["checkpoint (step)", *(f"{Path(r['checkpoint']).name} ({r['step']})" for r in reports)],
         ["token RankMe", *("—" if r["rankme"] is None else f"{r['rankme']:.0f}"
@@ -171,7 +197,16 @@ def runs_table(run_dirs: list[str | Path]) -> str:
         ["loss, first → last log", *(f"{logged[0]['loss']:.3f} → {logged[-1]['loss']:.3f}"
                                      if logged else "—" for logged in metrics)],
     ]
-    return markdown_table(["probe: trained (best baseline)", *(d.name for d in run_dirs)], rows)
+    return markdown_table(["probe: trained (random init / best shortcut)",
+                           *(d.name for d in run_dirs)], rows)
+
+
+def headline_line(report: dict) -> str:
+    """The headline of a report in one line: the training gain and the probes passed."""
+    gain = report["training_gain"]
+    return (f"training gain {'—' if gain is None else f'{gain:+.3f}'} (trained − random init "
+            f"over {len(report['headline_probes'])} probes no shortcut reads at "
+            f"{probe.SHORTCUT_LINE}); passed: {', '.join(report['passed']) or 'none'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="score the text-only shortcuts again into each run's saved "
                              "eval.json (one it lacks included) and rework its margins and "
                              "gains; the encoders' scores stay, no checkpoint is read")
+    parser.add_argument("--refresh", action="store_true",
+                        help="rework each saved eval.json's kinds, headline and probes passed "
+                             "from its probe scores (an eval.json of an older tjepa); no "
+                             "probe is scored again")
     parser.add_argument("--saved", action="store_true",
                         help="with several runs: table their saved eval.json, probe nothing")
     parser.add_argument("--readme", help="with several runs: write their table between this "
@@ -211,23 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         memo: dict = {}
         for run_dir in args.run_dirs if args.rescore_shortcuts else []:
             report = rescore_shortcuts(run_dir, args.data, args.max_documents, memo=memo)
-            print(f"{run_dir}: shortcuts rescored; semantic gain {report['semantic_gain']:+.3f}"
-                  + ("" if report["discourse_gain"] is None
-                     else f", discourse gain {report['discourse_gain']:+.3f}"))
-        for run_dir in [] if args.saved or args.rescore_shortcuts else args.run_dirs:
+            print(f"{run_dir}: shortcuts rescored; {headline_line(report)}")
+        for run_dir in args.run_dirs if args.refresh else []:
+            print(f"{run_dir}: {headline_line(refresh_report(run_dir))}")
+        rescored = args.rescore_shortcuts or args.refresh
+        for run_dir in [] if args.saved or rescored else args.run_dirs:
             report = evaluate_run(run_dir, args.data, args.device, args.max_documents,
                                   args.random_inits, checkpoint=args.checkpoint,
                                   token_probes=not args.no_token_probes,
                                   cache=not args.no_cache)
             print(f"{run_dir} ({Path(report['checkpoint']).name}, step {report['step']}):")
             print(probe_table([probe.ProbeResult.from_dict(r) for r in report["probes"]]))
-            gains = "; ".join(
-                f"{kind} " + ("—" if report[f"{kind}_gain"] is None
-                              else f"{report[f'{kind}_gain']:+.3f}")
-                for kind in ("semantic", "discourse"))
-            print(f"mean margin over the best baseline: {gains}; RankMe {report['rankme']}; "
-                  "share of the target embeddings' variance that the token's identity "
-                  f"explains {report['target_token_share']:.2f}")
+            print(headline_line(report) + f"; RankMe {report['rankme']}; share of the "
+                  "target embeddings' variance that the token's identity explains "
+                  f"{report['target_token_share']:.2f}")
         table = runs_table(args.run_dirs) if tabled else None
     except (ConfigError, data.DataError, RunError) as e:
         print(f"tjepa.eval: error: {e}", file=sys.stderr)
@@ -238,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             write_readme_table(args.readme, args.marker, table, command_line("tjepa.eval", argv))
     if args.json and not args.saved:
         print(json.dumps({k: report[k] for k in (
-            "probes", "rankme", "semantic_gain", "discourse_gain", "target_token_share",
-            "checkpoint", "step", "objective")}))
+            "probes", "rankme", "training_gain", "headline_probes", "passed",
+            "target_token_share", "checkpoint", "step", "objective")}))
     return 0
 
 

@@ -7,38 +7,35 @@
 (``tjepa.packing``), and returns the summed prediction loss, the number of targets and the
 anti-collapse regularizer (``tjepa.objective``); the training step (``tjepa.step``) normalizes
 them and updates the target encoder with ``update_target``.
+
+This is the JEPA the walkthrough teaches (I-JEPA's recipe on text): the predictor regresses
+the target encoder's last layer, layer-normed, by smooth L1. Other targets, losses and
+students override ``target_features``, ``score`` or ``predict`` in ``tjepa.variants``.
 """
 
 from __future__ import annotations
 
 import copy
-from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from tjepa.attention import AttentionMask, attention_groups, attention_mask
-from tjepa.distill import Prototypes
 from tjepa.masking import MaskedBatch
-from tjepa.model import Encoder, ModelConfig, Predictor, init_weights
-from tjepa.objective import (
-    ObjectiveConfig,
-    anti_collapse_term,
-    instance_norm,
-    prediction_loss,
-    span_means,
-    token_centred,
-)
+from tjepa.model import Encoder, Learner, ModelConfig, Predictor, init_weights
+from tjepa.objective import ObjectiveConfig, anti_collapse_term, prediction_loss
 from tjepa.packing import PackedBatch
 
 
-class JEPA(nn.Module):
+class JEPA(Learner):
     """The three networks of a JEPA and the forward pass that scores one batch.
 
-    ``objective`` chooses the loss and the anti-collapse mechanism (``tjepa.objective``); the
-    default is smooth L1 with an EMA target encoder.
+    ``objective`` chooses the anti-collapse mechanism (``tjepa.objective``); the default is
+    an EMA target encoder.
     """
+
+    can_predict = True
 
     def __init__(self, config: ModelConfig, objective: ObjectiveConfig | None = None):
         super().__init__()
@@ -49,14 +46,8 @@ class JEPA(nn.Module):
         init_weights(self)
         if self.uses_ema:
             self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
-            if self.objective.share_embeddings:  # one table, trained by the context encoder
-                self.target_encoder.embed = self.context_encoder.embed
         else:  # the online encoder makes its own targets
             self.target_encoder = self.context_encoder
-        if self.objective.loss == "distill":  # the predictions read as distributions
-            o = self.objective
-            self.prototypes = Prototypes(config.dim, o.prototypes, o.temperature,
-                                         o.teacher_temperature, o.centre_momentum)
         self._ema_pairs: tuple[list[Tensor], list[Tensor]] | None = None
 
     @property
@@ -70,7 +61,7 @@ class JEPA(nn.Module):
         predict = self.predict_packed if isinstance(batch, PackedBatch) else self.predict
         predictions, targets, context = predict(batch, return_context=True)
         valid = batch.target_valid
-        per_token = self.score(predictions, targets, target_spans(batch))
+        per_token = self.score(predictions, targets, valid)
         regularizer = self.regularizer(context, batch.context_valid)
         return (per_token * valid).sum(), valid.sum(), regularizer
 
@@ -126,30 +117,13 @@ class JEPA(nn.Module):
 
     def target_features(self, tokens: Tensor, positions: Tensor, segment: Tensor,
                         mask: AttentionMask, encoded: Tensor | None = None) -> Tensor:
-        """The target encoder's view of whole documents, as the objective's ``target`` says:
-        tokens (N, T) → (N, T, D). ``segment`` (N, T) names each token's document (-1:
-        padding), over which ``instance`` norm takes its statistics. ``encoded`` (N, T, D):
-        the target encoder's output on these tokens, when the caller has it already; the
-        last-layer targets are made from it, not from a second pass (block targets need the
-        blocks' feed-forward outputs, and embedding targets the table alone: both ignore it)."""
-        objective = self.objective
-        if objective.target == "embedding":  # the hidden word's code, no context
-            h = self.target_encoder.embed(tokens).float()
-            h = F.layer_norm(h, h.shape[-1:])
-        elif objective.target == "last":
-            h = self.target_encoder(tokens, positions, mask) if encoded is None else encoded
-            h = F.layer_norm(h, h.shape[-1:])
-        else:
-            top = objective.target_blocks or self.config.depth
-            layers = self.target_encoder.mlp_outputs(tokens, positions, mask, top)  # K × (N, T, D)
-            if objective.target_block_norm == "instance":
-                layers = [instance_norm(h, segment) for h in layers]
-            else:
-                layers = [F.layer_norm(h.float(), h.shape[-1:]) for h in layers]
-            h = torch.stack(layers).mean(0)
-        if objective.target_centering == "token":
-            h = token_centred(h, tokens, segment >= 0, self.config.vocab_size)
-        return h
+        """The target encoder's view of whole documents, layer-normed (I-JEPA, data2vec):
+        tokens (N, T) → (N, T, D). The norm fixes the targets' scale, so the loss cannot fall
+        by shrinking them. ``segment`` (N, T) names each token's document (-1: padding).
+        ``encoded`` (N, T, D): the target encoder's output on these tokens, when the caller
+        has it already (the monitor), instead of a second pass."""
+        h = self.target_encoder(tokens, positions, mask) if encoded is None else encoded
+        return F.layer_norm(h, h.shape[-1:])
 
     @torch.no_grad()
     def constant_loss_sum(self, batch: MaskedBatch | PackedBatch) -> Tensor:
@@ -160,27 +134,14 @@ class JEPA(nn.Module):
         valid = batch.target_valid
         weight = valid.float()[..., None]
         mean = (targets.float() * weight).flatten(0, -2).sum(0) / weight.sum().clamp(min=1)
-        per_token = self.score(mean.expand_as(targets), targets, target_spans(batch))
+        per_token = self.score(mean.expand_as(targets), targets, valid)
         return (per_token * valid).sum()
 
-    def score(self, predictions: Tensor, targets: Tensor, span: Tensor) -> Tensor:
-        """The objective's loss (V, P), in float32, at the targets where ``span`` (V, P) >= 0:
-        per token, and per span when ``span_targets`` asks (each span's loss at its first
-        slot, times its length)."""
-        objective, valid = self.objective, span >= 0
-        if objective.loss == "distill":  # per token only: ObjectiveConfig refuses span targets
-            training = self.training and torch.is_grad_enabled()  # not validation, the monitor
-            return self.prototypes.loss(predictions, targets, valid if training else None)
-        loss = partial(prediction_loss, kind=objective.loss, temperature=objective.temperature)
-        per_token = torch.zeros_like(span, dtype=torch.float32)
-        if objective.span_targets != "only":
-            per_token = loss(predictions.float(), targets.float(), valid=valid)
-        if objective.span_targets != "off":
-            pooled_predictions, first, length = span_means(predictions, span)
-            pooled_targets, _, _ = span_means(targets, span)
-            per_span = loss(pooled_predictions, pooled_targets, valid=first)  # candidates: spans
-            per_token = per_token + torch.where(first, per_span * length, 0.0)
-        return per_token
+    def score(self, predictions: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+        """The per-token loss (V, P), in float32, of predictions and targets (V, P, D):
+        ``prediction_loss``, smooth L1. ``valid`` (V, P) marks the real targets (a loss that
+        compares a prediction with other targets needs to know which)."""
+        return prediction_loss(predictions.float(), targets.float())
 
     def _target_grad(self) -> torch.set_grad_enabled:
         """Gradients through the targets only for SIGReg without stop-gradient."""
@@ -199,21 +160,10 @@ class JEPA(nn.Module):
         if self._ema_pairs is None:  # built once: the same Parameter objects live on after .to()
             pairs = [(t, o) for t, o in zip(self.target_encoder.parameters(),
                                             self.context_encoder.parameters(), strict=True)
-                     if t is not o]  # a shared table is already the context encoder's
+                     if t is not o]  # a table shared with the context encoder has no EMA
             self._ema_pairs = ([t for t, _ in pairs], [o for _, o in pairs])
         targets, online = self._ema_pairs
         torch._foreach_lerp_(targets, online, 1.0 - momentum)
-        if self.objective.loss == "distill":
-            self.prototypes.update_teacher(momentum)
-
-
-def target_spans(batch: MaskedBatch | PackedBatch) -> Tensor:
-    """Which span each target slot belongs to (-1: none): the padded batch's own numbering;
-    packed rows keep no span numbers (``span_targets`` needs padded batches), only which slots
-    are targets."""
-    if isinstance(batch, PackedBatch):
-        return torch.where(batch.target_valid, 0, -1)
-    return batch.target_span
 
 
 def document_layout(tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,11 @@ from torch.utils.checkpoint import checkpoint
 
 from tjepa.attention import AttentionBackend, AttentionMask
 from tjepa.config import check
+
+if TYPE_CHECKING:
+    from tjepa.masking import MaskedBatch
+    from tjepa.objective import ObjectiveConfig
+    from tjepa.packing import PackedBatch
 
 
 @dataclass
@@ -211,6 +217,63 @@ class Predictor(nn.Module):
         ``is_target`` (R, L) where the mask tokens go → predictions (R, L, D) at every slot."""
         x = torch.where(is_target[..., None], self.mask_token, self.embed(context[source]))
         return self.head(self.transformer(x, positions, mask))
+
+    def compile(self, *args, **kwargs) -> None:
+        """``nn.Module.compile``, and the packed entry point with it (a second graph)."""
+        super().compile(*args, **kwargs)
+        self.forward_packed = torch.compile(self.forward_packed, *args, **kwargs)
+
+
+class Learner(nn.Module):
+    """What the training step, the monitor and the probes may ask of any model, whatever it
+    learns: the JEPA (``tjepa.jepa``), the masked LM (``tjepa.mlm``) and the variants
+    (``tjepa.variants``). They ask what a model can do, never which class it is.
+
+    - ``forward(batch)``: the summed loss over the batch's targets, their number and the
+      anti-collapse term (all 0-d); ``constant_loss_sum(batch)``: the loss of the best
+      constant guess, the yardstick of validation;
+    - ``update_target(momentum)``: the EMA step of the target encoder (nothing without one);
+    - ``context_encoder`` and ``target_encoder`` (the same module when there is no EMA copy),
+      ``networks()``: every transformer once (what is compiled and recomputed);
+    - ``document_targets(tokens, lengths)``: what it regresses at every token of whole
+      documents, or None when it regresses nothing (a masked LM names tokens);
+    - ``can_predict`` and ``predict(batch)``: predictions and targets at a batch's target
+      positions, in embedding space (the forecast probe and the decoder lens read them);
+    - ``mask_id``: the ``[MASK]`` id its context encoder reads at the targets, if it reads one.
+    """
+
+    config: ModelConfig
+    objective: ObjectiveConfig
+    context_encoder: Encoder
+    target_encoder: Encoder
+    uses_ema: bool = False
+    can_predict: bool = False
+    mask_id: int | None = None
+
+    def forward(self, batch: MaskedBatch | PackedBatch) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def constant_loss_sum(self, batch: MaskedBatch | PackedBatch) -> Tensor:
+        raise NotImplementedError
+
+    def update_target(self, momentum: float | Tensor) -> None:
+        """No target encoder of its own: nothing to update."""
+
+    def networks(self) -> list[nn.Module]:
+        """The model's transformers, each once: the encoders (one when the targets come from
+        the context encoder itself), then any other network that has blocks."""
+        found = [self.context_encoder, self.target_encoder,
+                 *(m for m in self.children() if isinstance(m, (Encoder, Predictor)))]
+        return [m for i, m in enumerate(found) if not any(m is f for f in found[:i])]
+
+    def document_targets(self, tokens: Tensor, lengths: Tensor,
+                         encoded: Tensor | None = None) -> Tensor | None:
+        """What the model regresses at every token of padded documents (B, T) → (B, T, D);
+        None when it regresses nothing."""
+        return None
+
+    def predict(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} predicts no embeddings")
 
 
 def init_weights(module: nn.Module) -> None:

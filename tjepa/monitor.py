@@ -25,7 +25,7 @@ mean-pooled documents (``_doc`` keys).
 What collapses is what the predictor regresses, and that is not always the target encoder's
 last layer: data2vec's targets average the top blocks' feed-forward outputs, which can crowd
 into one direction while the last layer stays spread. So a JEPA's regression targets
-(``JEPA.document_targets``) are measured too (``targets_`` keys, tokens only: instance-normed
+(``Learner.document_targets``) are measured too (``targets_`` keys, tokens only: instance-normed
 targets average to zero over each document), and the alarm watches both.
 
 A fixed RankMe line cannot catch a partial collapse: a run whose rank falls from most of the
@@ -46,9 +46,10 @@ from torch import Tensor
 
 from tjepa.attention import attention_mask
 from tjepa.config import check
-from tjepa.jepa import JEPA, encode_documents, mean_pool
+from tjepa.jepa import encode_documents, mean_pool
 from tjepa.masking import MaskedBatch
 from tjepa.mlm import MaskedInput
+from tjepa.model import Learner
 from tjepa.objective import sigreg
 
 
@@ -211,7 +212,7 @@ class CollapseAlarm:
 
 
 @torch.no_grad()
-def measure(model: JEPA, tokens: Tensor, lengths: Tensor,
+def measure(model: Learner, tokens: Tensor, lengths: Tensor,
             max_tokens: int = 2048) -> dict[str, float]:
     """Collapse metrics of the target encoder (plain keys), of a JEPA's regression targets
     (``targets_``) and of the context encoder (``context_``) on whole documents tokens (B, T),
@@ -232,8 +233,8 @@ def measure(model: JEPA, tokens: Tensor, lengths: Tensor,
 
     h = encoded(model.target_encoder)
     out = metrics(h)
-    if isinstance(model, JEPA):
-        targets = model.document_targets(tokens, lengths, encoded=h)
+    targets = model.document_targets(tokens, lengths, encoded=h)
+    if targets is not None:  # a masked LM regresses nothing
         # tokens only: instance-normed targets average to zero over each document
         out |= metrics(targets, "targets_", documents=False)
     if model.context_encoder is model.target_encoder:  # no EMA: one encoder, measured once

@@ -2,9 +2,9 @@
 embeddings from collapsing.
 
 The predictor regresses *layer-normed* target embeddings (data2vec, I-JEPA), which fixes their
-scale; ``prediction_loss`` scores each predicted token. Regressing embeddings that the model
-itself produces has a trivial solution, every embedding the same; ``anti_collapse`` chooses
-what rules it out (``ObjectiveConfig``):
+scale; ``prediction_loss`` scores each predicted token by smooth L1. Regressing embeddings that
+the model itself produces has a trivial solution, every embedding the same; ``anti_collapse``
+chooses what rules it out (``ObjectiveConfig``):
 
 - ``ema``: targets from an exponential moving average of the context encoder (BYOL, I-JEPA):
   it moves slowly, so the context encoder cannot chase a target that collapses with it;
@@ -29,24 +29,22 @@ from torch import Tensor
 from tjepa.config import check
 
 ObjectiveName = Literal["jepa", "mlm", "mlm+jepa"]
-LossKind = Literal["smooth_l1", "l2", "cosine", "infonce", "distill"]
+LossKind = Literal["smooth_l1", "distill"]
 AntiCollapse = Literal["ema", "sigreg", "vicreg"]
 TargetKind = Literal["last", "blocks", "embedding"]
 BlockNorm = Literal["instance", "layer"]
-SpanTargets = Literal["off", "only", "also"]
-TargetCentering = Literal["off", "token"]
 Student = Literal["predictor", "encoder"]
 Reduce = Callable[[Tensor], Tensor]  # sums a statistic over the rows other processes hold
 
 
 @dataclass
 class ObjectiveConfig:
-    """What a run learns to do: ``name`` the objective — ``jepa``, the JEPA's embedding
-    prediction, or ``mlm``, the masked-LM baseline (``tjepa.mlm``: the hidden tokens' ids, by
-    cross-entropy, on the same encoder and masks) or ``mlm+jepa``, the masked LM's loss plus
-    ``jepa_weight`` × the JEPA's (``tjepa.mlm.MaskedLMJEPA``) — and, for the JEPA, its
-    per-token ``loss`` and its anti-collapse mechanism with that mechanism's weights.
+    """What a run learns to do.
 
+    ``name``: ``jepa``, the JEPA's embedding prediction, or ``mlm``, the masked-LM baseline
+    (``tjepa.mlm``: the hidden tokens' ids, by cross-entropy, on the same encoder and masks).
+
+    For the JEPA, ``anti_collapse`` and that mechanism's weights (``anti_collapse_term``).
     The sigreg and vicreg terms are statistics of a micro-batch, summed over DDP ranks
     (``sum_over_ranks``) but not over gradient-accumulation micro-batches.
 
@@ -57,58 +55,13 @@ class ObjectiveConfig:
     number of views, ``grad_accum`` or world size. The VICReg terms' weights are relative to
     the prediction loss (VICReg's paper: 25 : 25 : 1 for invariance : variance : covariance).
 
-    What the predictor regresses, ``target``:
-
-    - ``last``: the target encoder's last layer, layer-normed (I-JEPA);
-    - ``blocks``: data2vec's target: the feed-forward outputs (before the residual add) of the
-      top ``target_blocks`` blocks (0: all), each normalized by ``target_block_norm`` —
-      ``instance``, each feature over the document's tokens, or ``layer``, each token over its
-      features — then averaged. The residual stream carries each token's input embedding up to
-      the last layer; a block's own output does not, so these targets are less a code of the
-      hidden word and more what the context made of it.
-    - ``embedding``: the target encoder's input embedding of the hidden token, layer-normed: the
-      word's code and nothing the context made of it (the target token share is 1 by
-      construction), the bottom end of data2vec's choice of target layer. Against ``last`` it
-      measures what the target encoder's blocks add to a JEPA's target; with it, the JEPA
-      learns only to guess the hidden word.
-
-    ``span_targets``: ``only`` scores each target span once, its predictions' mean against its
-    targets' mean (weighed by its length, so every target token counts as much as before);
-    ``also`` adds that to the per-token loss; ``off``, the per-token loss alone. A span's mean
-    keeps what its tokens share — what the span is about — and averages away the exact words.
-
-    ``target_centering``: ``token`` subtracts from each target the mean target of its token id
-    over the batch's documents, then scales the rest to a unit mean square (``token_centred``).
-    On real text most of a target's variance is the hidden word's fixed code (the target token
-    share), and a regression on a code it must guess among many gains little even when right:
-    what is left is what the context made of the word. A word that occurs once in the batch
-    has its own target as its mean, so its target is zero. ``off``: the targets as they are.
-
-    ``share_embeddings``: the target encoder reads the context encoder's token embedding table
-    (data2vec's ``ema_transformer_layers_only``): the EMA then moves only the blocks, and the
-    targets follow learned word embeddings, not an average of their random start.
-
-    ``student``: who predicts the targets. ``predictor`` (I-JEPA): the context encoder reads
-    the context tokens alone, and the predictor gets its embeddings plus mask tokens at the
-    target positions. ``encoder`` (data2vec's student, ``tjepa.data2vec``): the context encoder
-    itself reads the document with a ``[MASK]`` id at each target position, as a masked LM's
-    encoder does, and a two-layer head turns its outputs there into the predictions; no
-    predictor. The context then has to be read into the encoder's own outputs, where the probes
-    look, not into a predictor's.
-
-    ``loss = "distill"`` scores each prediction by DINO's and iBOT's cross-entropy over
-    ``prototypes`` learned directions (``tjepa.distill``): the student's softmax over its
-    cosines to them at ``temperature`` against the teacher's over the target's cosines to
-    their EMA, centred and sharpened at ``teacher_temperature``; the centre follows the
-    teacher's mean logits at ``centre_momentum``. It needs an EMA (the teacher's prototypes
-    follow the student's at the target encoder's momentum) and per-token targets.
-
-    ``document_weight`` (iBOT's λ for its [CLS] loss; 0: off) adds, for ``student =
-    "encoder"`` with ``loss = "distill"``, the same self-distillation on whole documents:
-    the student's mean output over the masked document against the teacher's mean target of
-    the whole document, over prototypes and a centre of their own (``tjepa.data2vec``). The
-    token loss asks what stood at each hidden slot; this one asks what the whole document is,
-    the question the probes put to a pooled embedding.
+    The taught JEPA predicts with a predictor (``student = "predictor"``) the target
+    encoder's last layer (``target = "last"``) by smooth L1 (``loss = "smooth_l1"``). Every
+    other value of ``student``, ``loss`` and ``target``, and the keys that go with them
+    (``temperature``, ``prototypes``, ``teacher_temperature``, ``centre_momentum``,
+    ``target_blocks``, ``target_block_norm``, ``share_embeddings``, ``jepa_weight`` and
+    ``name = "mlm+jepa"``), is a variant: ``tjepa.variants`` says what each does, checks it
+    and builds it.
     """
 
     name: ObjectiveName = "jepa"
@@ -120,56 +73,24 @@ class ObjectiveConfig:
     target_stop_gradient: bool = True  # sigreg: no gradient through the targets
     vicreg_variance_weight: float = 1.0
     vicreg_covariance_weight: float = 0.04
-    jepa_weight: float = 1.0  # mlm+jepa: λ, the JEPA loss's weight beside the masked LM's
-    temperature: float = 0.1  # infonce, distill: the (student's) softmax temperature
-    prototypes: int = 1024  # distill: K, the directions both distributions are over
-    teacher_temperature: float = 0.04  # distill: DINO's sharpening of the teacher
-    centre_momentum: float = 0.9  # distill: how slowly the teacher's centre moves
+    jepa_weight: float = 1.0  # variant mlm+jepa: the JEPA loss's weight
+    temperature: float = 0.1  # variant distill: the student's softmax temperature
+    prototypes: int = 1024  # variant distill: the directions both distributions are over
+    teacher_temperature: float = 0.04  # variant distill: DINO's sharpening of the teacher
+    centre_momentum: float = 0.9  # variant distill: how slowly the teacher's centre moves
     target: TargetKind = "last"
-    target_blocks: int = 0
-    target_block_norm: BlockNorm = "instance"
-    share_embeddings: bool = False
-    span_targets: SpanTargets = "off"
-    target_centering: TargetCentering = "off"
+    target_blocks: int = 0  # variant blocks: how many top blocks (0: all)
+    target_block_norm: BlockNorm = "instance"  # variant blocks
+    share_embeddings: bool = False  # variant: one token table for both encoders
     student: Student = "predictor"
-    document_weight: float = 0.0  # distill with the encoder student: iBOT's [CLS] loss
 
     def __post_init__(self) -> None:
-        check(self.student == "predictor" or self.name == "jepa",
-              f"student = {self.student!r} is a JEPA's: objective.name must be 'jepa', got "
-              f"{self.name!r}")
-        check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        if self.loss == "distill":
-            check(self.uses_ema, "loss = 'distill' needs a teacher: anti_collapse ema or "
-                  f"vicreg, got {self.anti_collapse!r}")
-            check(self.name == "jepa", f"loss = 'distill' is a JEPA's: objective.name must be "
-                  f"'jepa', got {self.name!r}")
-            check(self.span_targets == "off", "loss = 'distill' scores tokens: span_targets "
-                  f"must be 'off', got {self.span_targets!r}")
-            check(self.prototypes >= 2, f"prototypes must be >= 2, got {self.prototypes}")
-            check(self.teacher_temperature > 0,
-                  f"teacher_temperature must be > 0, got {self.teacher_temperature}")
-            check(0 <= self.centre_momentum < 1,
-                  f"centre_momentum must be in [0, 1), got {self.centre_momentum}")
-        if self.document_weight:  # iBOT's [CLS] loss beside its masked prediction
-            check(self.loss == "distill", "document_weight is iBOT's [CLS] loss: it needs "
-                  f"loss = 'distill', got {self.loss!r}")
-            check(self.student == "encoder", "document_weight is iBOT's [CLS] loss: it needs "
-                  f"student = 'encoder', got {self.student!r}")
-        check(self.target_blocks >= 0, f"target_blocks must be >= 0, got {self.target_blocks}")
-        check(self.target != "embedding" or self.target_centering == "off",
-              "target = 'embedding' is the word's code alone: target_centering = 'token' would "
-              "make every target zero")
-        check(not self.share_embeddings or self.uses_ema,
-              "share_embeddings needs a target encoder of its own (anti_collapse ema or "
-              f"vicreg); under {self.anti_collapse!r} the context encoder makes the targets")
         check(self.sigreg_directions >= 1,
               f"sigreg_directions must be >= 1, got {self.sigreg_directions}")
         check(self.sigreg_samples >= 1,
               f"sigreg_samples must be >= 1, got {self.sigreg_samples}")
         check(self.sigreg_weight < 1, f"sigreg_weight must be < 1, got {self.sigreg_weight}")
-        for name in ("sigreg_weight", "vicreg_variance_weight", "vicreg_covariance_weight",
-                     "jepa_weight", "document_weight"):
+        for name in ("sigreg_weight", "vicreg_variance_weight", "vicreg_covariance_weight"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
@@ -184,83 +105,11 @@ class ObjectiveConfig:
         return self.anti_collapse in ("ema", "vicreg")
 
 
-def prediction_loss(predictions: Tensor, targets: Tensor, kind: LossKind,
-                    valid: Tensor | None = None, temperature: float = 0.1) -> Tensor:
-    """Per-token loss (V, P) of predictions and targets (V, P, D): smooth L1 and L2 averaged
-    over the embedding, 1 − cosine, or ``infonce``.
-
-    ``infonce`` scores each prediction as a choice among the batch's targets (where ``valid``
-    (V, P)): the cross-entropy of its own target under a softmax over cosine similarities /
-    ``temperature`` (CPC; wav2vec 2.0, Baevski et al. 2020, §3.2, with the other targets as
-    distractors). A regression's best guess under uncertainty is the mean of the plausible
-    targets, which keeps little of any one of them; a choice among candidates has no such cap.
-    """
-    if kind == "smooth_l1":
-        return F.smooth_l1_loss(predictions, targets, reduction="none").mean(-1)
-    if kind == "l2":
-        return F.mse_loss(predictions, targets, reduction="none").mean(-1)
-    if kind == "cosine":
-        return 1 - F.cosine_similarity(predictions, targets, dim=-1)
-    if kind == "distill":
-        raise ValueError("distill scores through the model's prototypes (JEPA.score)")
-    if valid is None:
-        raise ValueError("infonce needs the valid targets: its candidates")
-    shape = valid.shape
-    p = F.normalize(predictions.flatten(0, -2).float(), dim=-1)  # (M, D)
-    t = F.normalize(targets.flatten(0, -2).float(), dim=-1)
-    # M is every slot, a packed row's context slots too: they are masked out as candidates,
-    # but the (M, M) matrix is built whole, so memory grows with the square of the slots
-    # padding slots are no candidates; a finite fill keeps a batch without targets finite
-    logits = (p @ t.T / temperature).masked_fill(~valid.flatten()[None, :], -1e4)  # (M, M)
-    return (torch.logsumexp(logits, dim=-1) - torch.diagonal(logits)).view(shape)
-
-
-def segment_means(x: Tensor, segment: Tensor) -> tuple[Tensor, Tensor]:
-    """Each slot's mean of x (N, T, D), in float32, over the slots of its row that share its
-    ``segment`` id (N, T), and how many slots that is (N, T); slots with ids < 0 (padding)
-    count in no mean. The one segment sum behind ``instance_norm`` and ``span_means``."""
-    n, t, d = x.shape
-    ids = (torch.arange(n, device=x.device)[:, None] * t + segment.clamp(min=0)).flatten()
-    weight = (segment >= 0).flatten().float()[:, None]
-    sums = x.new_zeros(n * t, d, dtype=torch.float32).index_add_(
-        0, ids, x.flatten(0, 1).float() * weight)
-    counts = weight.new_zeros(n * t, 1).index_add_(0, ids, weight)
-    return (sums / counts.clamp(min=1))[ids].view(n, t, d), counts[ids].view(n, t)
-
-
-def instance_norm(h: Tensor, segment: Tensor, eps: float = 1e-5) -> Tensor:
-    """Each feature of h (N, T, D) centred and scaled over the tokens of its sequence: the
-    tokens of a row with the same ``segment`` id (N, T); ids < 0 (padding) are left out of the
-    statistics. ``F.instance_norm`` on one unpadded document; padded and packed rows alike."""
-    mean, _ = segment_means(h, segment)
-    centred = h.float() - mean
-    var, _ = segment_means(centred.square(), segment)
-    return centred * torch.rsqrt(var + eps)
-
-
-def token_centred(h: Tensor, tokens: Tensor, valid: Tensor, vocab_size: int,
-                  eps: float = 1e-6) -> Tensor:
-    """h (N, T, D) less, at each token, the mean of h over the tokens (N, T) of the same id
-    where ``valid`` (N, T), in float32, then scaled to a unit mean square over the valid
-    tokens: what the context adds to each word's average target."""
-    d = h.shape[-1]
-    x, ids = h.float().flatten(0, 1), tokens.flatten()
-    weight = valid.flatten().float()[:, None]
-    sums = x.new_zeros(vocab_size, d).index_add_(0, ids, x * weight)
-    counts = weight.new_zeros(vocab_size, 1).index_add_(0, ids, weight)
-    residual = x - (sums / counts.clamp(min=1))[ids]
-    mean_square = (residual.square() * weight).sum() / (weight.sum() * d).clamp(min=1)
-    return (residual * torch.rsqrt(mean_square + eps)).view(h.shape)
-
-
-def span_means(x: Tensor, span: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Each slot's span mean of x (V, P, D), where ``span`` (V, P) numbers each view's spans
-    (packed one after another; -1: padding); also which slots start a span (V, P) and each
-    slot's span length (V, P)."""
-    means, counts = segment_means(x, span)
-    previous = F.pad(span, (1, 0), value=-1)[:, :-1]
-    first = (span >= 0) & (span != previous)
-    return means, first, counts
+def prediction_loss(predictions: Tensor, targets: Tensor) -> Tensor:
+    """Per-token smooth L1 (V, P) of predictions and targets (V, P, D), averaged over the
+    embedding (I-JEPA, §3.4): quadratic for small errors, linear for large ones, so a few
+    far-off targets do not dominate the gradient."""
+    return F.smooth_l1_loss(predictions, targets, reduction="none").mean(-1)
 
 
 def anti_collapse_term(config: ObjectiveConfig, embeddings: Tensor, valid: Tensor) -> Tensor:

@@ -237,9 +237,8 @@ def ablation_figure(rows: Sequence[dict], metrics: dict[str, Sequence[dict]]) ->
     return fig
 
 
-def margins_figure(results_by_run: dict[str, Sequence], kinds: Sequence[str] = ("semantic",
-                                                                             "discourse")
-                   ) -> Figure:
+def margins_figure(results_by_run: dict[str, Sequence],
+                   kinds: Sequence[str] = ("story", "sentences", "nonlinear")) -> Figure:
     """Each run's margin over its own best baseline, probe by probe, for the probes of
     ``kinds`` that every run holds: runs side by side, 0 the line a probe must clear."""
     runs = list(results_by_run)

@@ -5,9 +5,9 @@ rule for turning stories (token ids) into altered texts and labels, split by spl
 
 - ``chunk_pairs``: two chunks of a story, or of two stories (``same_story``);
 - ``reordered``: a story's halves swapped, or a window of its words shuffled (``order:*``);
-- the ``discourse`` probes (``DISCOURSE``), each built from a story's sentences — cut after
-  every token that ends one (``sentence_ends``) — and each leaving a story's first sentence
-  out, so that a displaced "Once upon a time" cannot tell:
+- the sentence probes (``DISCOURSE``, kind ``sentences``), each built from a story's
+  sentences — cut after every token that ends one (``sentence_ends``) — and each leaving a
+  story's first sentence out, so that a displaced "Once upon a time" cannot tell:
 
   - ``bigram_shift`` (SentEval, Conneau et al. 2018, §3): one sentence, with two adjacent
     words swapped or not;
@@ -252,8 +252,8 @@ def document_probe_texts(bins: data.TokenBins, splits: dict, docs: dict, stories
     """The document probes' texts and labels, probe by probe, as ``(name, kind, texts,
     labels)``: ``texts[split]`` is a tuple of lists of token sequences (one, or two for a pair
     probe, ``same_story``, whose features are then paired) and ``labels[split]`` an (N,)
-    int64 array. tinytales' factors first, from the whole story (``semantic`` or ``lexical``) or its
-    prefix (``nonlinear``), then the probes any corpus has."""
+    int64 array. tinytales' factors first, from the whole story (``story`` or ``lexical``) or
+    its prefix (``nonlinear``), then the probes any corpus has."""
     factors = bins.factors()
     if factors:
         contextual = factors.get("contextual", {})
@@ -263,12 +263,12 @@ def document_probe_texts(bins: data.TokenBins, splits: dict, docs: dict, stories
         for factor in factors["values"]:
             labels = {s: factor_labels(factors, factor, docs, s) for s in splits}
             from_prefix = contextual.get(factor) == "prefix"
-            kind = "nonlinear" if from_prefix else "semantic" if factor in contextual else "lexical"
+            kind = "nonlinear" if from_prefix else "story" if factor in contextual else "lexical"
             texts = prefix if from_prefix else stories
             yield f"factor:{factor}", kind, {s: (texts[s],) for s in splits}, labels
 
     pairs = {s: chunk_pairs(stories[s], seed) for s in splits}
-    yield ("same_story", "semantic", {s: pairs[s][:2] for s in splits},
+    yield ("same_story", "story", {s: pairs[s][:2] for s in splits},
            {s: pairs[s][2] for s in splits})
 
     ends = sentence_ends(bins.vocab)
@@ -277,7 +277,7 @@ def document_probe_texts(bins: data.TokenBins, splits: dict, docs: dict, stories
     for how in ("halves", "words") if min(map(len, long_enough.values())) >= 2 else ():
         altered = {s: reordered(long_enough[s], how, ends, seed + i)
                    for i, s in enumerate(splits)}
-        yield (f"order:{how}", "semantic", {s: (altered[s][0],) for s in splits},
+        yield (f"order:{how}", "story", {s: (altered[s][0],) for s in splits},
                {s: altered[s][1] for s in splits})
 
     sentences = {s: [split_sentences(splits[s].document(d), ends) for d in docs[s]]
@@ -286,7 +286,7 @@ def document_probe_texts(bins: data.TokenBins, splits: dict, docs: dict, stories
         made = {s: make(sentences[s], block_size, seed + i) for i, s in enumerate(splits)}
         if min(len(np.unique(labels)) for _, labels in made.values()) < 2:
             continue  # too few stories of enough sentences for this probe
-        yield (f"discourse:{name}", "discourse", {s: (made[s][0],) for s in splits},
+        yield (f"discourse:{name}", "sentences", {s: (made[s][0],) for s in splits},
                {s: made[s][1] for s in splits})
 
 

@@ -30,18 +30,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tjepa import data
+from tjepa import data, variants
 from tjepa.config import CONFIG_DIR, ConfigError, check, dump_toml, from_dict, load_toml, to_dict
 from tjepa.data import DataConfig
-from tjepa.data2vec import Data2VecJEPA
-from tjepa.jepa import JEPA
 from tjepa.masking import MaskingConfig
-from tjepa.mlm import MaskedLM, MaskedLMJEPA
-from tjepa.model import ModelConfig
+from tjepa.model import Learner, ModelConfig
 from tjepa.monitor import MonitorConfig
 from tjepa.objective import ObjectiveConfig
 from tjepa.optim import OptimConfig
 from tjepa.probe import pad, pooled
+from tjepa.variants import build_model
 
 DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
 CHECKPOINT_FORMAT = "tjepa-checkpoint-1"
@@ -101,22 +99,14 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.masking.check_fits(self.data.block_size)
-        check(self.objective.target_blocks <= self.model.depth,
-              f"objective.target_blocks ({self.objective.target_blocks}) must be at most "
-              f"model.depth ({self.model.depth})")
         length = self.train.pack_length
-        check(self.objective.span_targets == "off" or length == 0,
-              f"objective.span_targets = {self.objective.span_targets!r} takes padded batches: "
-              f"set train.pack_length = 0 (it is {length})")
-        check(self.objective.student == "predictor" or length == 0,
-              f"objective.student = {self.objective.student!r} takes padded batches: set "
-              f"train.pack_length = 0 (it is {length})")
         check(self.objective.name == "jepa" or length == 0,
               f"objective.name = {self.objective.name!r} takes padded batches: set "
               f"train.pack_length = 0 (it is {length})")
         check(length == 0 or length >= self.data.block_size,
               f"train.pack_length ({length}) must be 0 (off) or at least data.block_size "
               f"({self.data.block_size}): a document must fit in one packed row")
+        variants.check(self)
 
 
 class RunError(Exception):
@@ -131,7 +121,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     """A RunConfig from a TOML file (default ``configs/default.toml``) and ``section.key=value``
     overrides; every error names the key and the file."""
     path = Path(path) if path else DEFAULT_CONFIG
-    table = _moved_objective_keys(load_toml(path), path)
+    table = variants.without_retired_keys(_moved_objective_keys(config_table(path), path),
+                                          path)
     for override in overrides:
         key, sep, raw = override.partition("=")
         parts = key.strip().split(".")
@@ -149,6 +140,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 
 
 OBJECTIVE_KEYS = tuple(f.name for f in fields(ObjectiveConfig))
+
+
+def config_table(path: Path, inside: tuple[Path, ...] = ()) -> dict:
+    """A config file's TOML table; a file with ``base = "other.toml"`` (a path from its own
+    folder) is that file's table with this one's sections laid over it key by key, so a
+    recipe names only what it changes."""
+    table = load_toml(path)
+    base = table.pop("base", None)
+    if base is None:
+        return table
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected the path of a config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in inside or base_path == path.resolve():
+        raise ConfigError(f"{path}: base: {base} leads back to this file")
+    merged = config_table(base_path, (*inside, path.resolve()))
+    for section, values in table.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
 
 
 def resume_config(run_dir: Path, overrides: list[str] = ()) -> RunConfig:
@@ -195,16 +208,6 @@ def start_run_folder(run_dir: Path, config: RunConfig, vocab_meta: dict) -> None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(dump_toml(to_dict(config)))
     (run_dir / "vocab.json").write_text(json.dumps(vocab_meta))
-
-
-def build_model(config: RunConfig) -> JEPA | MaskedLM:
-    """The run's model: the JEPA (with data2vec's student when ``objective.student =
-    "encoder"``), or the masked-LM baseline when ``objective.name = "mlm"``.
-    ``config.model.vocab_size`` must be resolved."""
-    kind = {"jepa": JEPA, "mlm": MaskedLM, "mlm+jepa": MaskedLMJEPA}[config.objective.name]
-    if config.objective.student == "encoder":
-        kind = Data2VecJEPA
-    return kind(config.model, config.objective)
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -325,7 +328,7 @@ def checkpoint_path(run_dir: str | Path, checkpoint: str | Path = "last") -> Pat
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path = "last", device: str = "cpu"
-             ) -> tuple[JEPA | MaskedLM, RunConfig, data.Vocabulary]:
+             ) -> tuple[Learner, RunConfig, data.Vocabulary]:
     """A run's model (eval mode), RunConfig and vocabulary, from the run folder alone.
 
     ``checkpoint``: ``last`` (the end of the run), ``best`` (the lowest validation loss) or a

@@ -28,10 +28,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from tjepa.config import ConfigError
-from tjepa.jepa import JEPA
 from tjepa.masking import MaskedBatch
-from tjepa.mlm import MaskedLM
-from tjepa.model import ModelConfig
+from tjepa.model import Learner, ModelConfig
 from tjepa.optim import Schedule, make_optimizer
 from tjepa.packing import PackedBatch, pack
 from tjepa.runs import RunConfig, build_model
@@ -84,7 +82,7 @@ class TrainingStep:
         self.optimizer = make_optimizer(self.model, config.optim, fused=cuda)
         self.schedule = Schedule(config.optim, config.train.max_steps)
         self.prediction_weight = config.objective.prediction_weight
-        for network in networks(self.model):
+        for network in self.model.networks():
             network.transformer.recompute = config.train.recompute_activations
         if config.train.compile:
             compile_networks(self.model, config.train.compile_scope)
@@ -197,35 +195,26 @@ def resolve_model(config: RunConfig, device: torch.device, vocab_size: int) -> M
     return replace(config.model, vocab_size=vocab_size, attention=attention)
 
 
-def compile_networks(model: JEPA, scope: Literal["block", "network"] = "block") -> None:
+def compile_networks(model: Learner, scope: Literal["block", "network"] = "block") -> None:
     """torch.compile the networks in place (state dict keys unchanged).
 
     ``block``, regional compilation: the blocks share one compiled graph (the weights are its
     inputs), so the compiler works on one block per shape and grad mode, not on a whole
     network, and so does each recompile. ``network``: each network whole, which can fuse
-    across blocks. Padded widths come in a handful of buckets (``train.pad_multiple``); packed
-    rows are ``pack_length`` wide and only their number varies, which the compiler turns into
-    a dynamic size after the first change.
+    across blocks (the predictor's packed entry point too). Padded widths come in a handful
+    of buckets (``train.pad_multiple``); packed rows are ``pack_length`` wide and only their
+    number varies, which the compiler turns into a dynamic size after the first change.
     """
     # One graph serves every variant: encoder and predictor widths, grad on and off (target
     # encoder, evaluation), trainable and frozen weights, padded and packed shapes. That is
     # more than dynamo's default of 8 recompiles before it falls back to eager.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-    for network in networks(model):
+    for network in model.networks():
         if scope == "network":
             network.compile()
         else:
             for block in network.transformer.blocks:
                 block.compile()
-    if scope == "network" and hasattr(model, "predictor"):  # packed: a second entry point
-        model.predictor.forward_packed = torch.compile(model.predictor.forward_packed)
-
-
-def networks(model: JEPA | MaskedLM) -> list[torch.nn.Module]:
-    """The model's transformers, each once: encoders (one when the target is the context
-    encoder itself) and the predictor."""
-    found = [model.context_encoder, model.target_encoder, getattr(model, "predictor", None)]
-    return [m for i, m in enumerate(found) if m is not None and m not in found[:i]]
 
 
 def init_distributed() -> Distributed:

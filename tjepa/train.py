@@ -80,8 +80,10 @@ def train(config: runs.RunConfig, run_dir: str | Path, resume: bool = False,
         model = training_step.model
         encoder = count_parameters(model.context_encoder)
         rest = sum(p.numel() for p in model.parameters() if p.requires_grad) - encoder
-        rest_is = " and ".join(n for n in ("predictor", "head") if hasattr(model, n))
-        log.info(f"{encoder:,} encoder and {rest:,} {rest_is} parameters on {device}")
+        parts = [name for name, m in model.named_children() if not name.endswith("encoder")
+                 and any(p.requires_grad for p in m.parameters())]
+        log.info(f"{encoder:,} encoder and {rest:,} {' and '.join(parts)} parameters on "
+                 f"{device}")
 
     # --- the loop: batch → step → (now and then) log, validate, monitor → save
     end = min(stop_at or config.train.max_steps, config.train.max_steps)

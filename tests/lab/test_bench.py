@@ -117,7 +117,7 @@ def test_step_flops_count_the_encoder_students_mask_slots_and_head_not_a_predict
     target = forward(16, 8, 8)
     assert bench.step_flops(config, 2, 16, masked) == (
         target + 3 * forward(7, 3.5, 8) + 3 * forward(16, 8, 4))
-    assert bench.step_flops(config, 2, 16, masked, student="encoder") == (
+    assert bench.step_flops(config, 2, 16, masked, has_predictor=False) == (
         target + 3 * forward(16, 8, 8) + 3 * 2 * 4 * 8 * 8 * 9)
 
 

@@ -35,8 +35,9 @@ def test_lidar_needs_two_documents_and_two_views(tiny_run):
 def _saved_run(folder, gain: float, context_lidar: float | None, lidar_step: int = 10) -> None:
     folder.mkdir(parents=True)
     (folder / "eval.json").write_text(json.dumps({
-        "objective": "jepa", "step": 10, "semantic_gain": gain, "discourse_gain": gain,
-        "probes": []}))
+        "objective": "jepa", "step": 10, "probes": [
+            {"name": "p", "kind": "sentences", "trained": 0.5 + gain, "random_init": 0.5,
+             "best_baseline": 0.5, "baselines": {"length": 0.4}}]}))
     (folder / "metrics.jsonl").write_text(json.dumps({"step": 10, "elapsed_s": 1.0,
                                                       "rankme": 50.0}) + "\n")
     if context_lidar is not None:

@@ -64,8 +64,8 @@ def test_sweep_trains_each_variant_once_and_tables_them_from_their_runs(tinytale
 
 
 def _report(gain: float, probes: list[tuple[str, float]]) -> dict:
-    return {"step": 10, "semantic_gain": gain, "probes": [
-        {"name": name, "kind": "semantic", "trained": trained, "best_baseline": 0.5,
+    return {"step": 10, "probes": [
+        {"name": name, "kind": "story", "trained": trained, "best_baseline": 0.5,
          "random_init": 0.5, "baselines": {"length": 0.4}} for name, trained in probes]}
 
 

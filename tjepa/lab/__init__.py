@@ -7,6 +7,6 @@ says where a step's and a run's time goes (``python -m tjepa.lab.breakdown``), `
 (``python -m tjepa.lab.book``), ``shortcuts`` says what the text-only shortcuts read on a
 corpus's probes (``python -m tjepa.lab.shortcuts``), ``gradients`` what each loss term sends
 into the context encoder (``python -m tjepa.lab.gradients``), ``lidar`` measures trained runs'
-LiDAR (``python -m tjepa.lab.lidar``), and ``report`` writes the tables into
-the docs' pages.
+LiDAR (``python -m tjepa.lab.lidar``). ``tjepa.tables`` writes their tables into the docs'
+pages.
 """

@@ -20,9 +20,9 @@ from pathlib import Path
 from tjepa import plot, probe
 from tjepa.config import CONFIG_DIR
 from tjepa.eval import evaluate_run
-from tjepa.lab.report import command_line, markdown_table, write_readme_table
 from tjepa.lab.sweep import variant_row
 from tjepa.runs import load_config, read_metrics
+from tjepa.tables import command_line, markdown_table, write_readme_table
 from tjepa.train import train
 
 MECHANISMS = ("ema", "sigreg", "vicreg")
@@ -81,14 +81,15 @@ def ablation_table(result: dict) -> str:
     probe_names = [p["name"] for p in rows[0]["probes"]]
     spread = result["seeds"] > 1
     head = ["mechanism", "probed", "final loss", "token RankMe", "alarm", "s/step",
-            "semantic gain", *probe_names]
+            "training gain", *probe_names]
     fmt = lambda v, s: f"{v:.3f}" + (f" ± {s:.3f}" if spread else "")
     table = []
     for row in rows:
         cells = [row["mechanism"], f"{row['checkpoint']}.pt ({row['probed_step']})",
                  f"{row['final_loss']:.4f}", f"{row['rankme']:.1f}",
                  "yes" if row["collapse_alarm"] else "no", f"{row['seconds_per_step']:.3f}",
-                 fmt(row["semantic_gain"], row["semantic_gain_std"])]
+                 "—" if row["training_gain"] is None else
+                 fmt(row["training_gain"], row["training_gain_std"])]
         table.append(cells + [fmt(p["trained"], p["trained_std"]) for p in row["probes"]])
     table.append(["best baseline (random init or a shortcut)", "—", "—", "—", "—", "—", "—",
                   *(f"{p['best_baseline']:.3f}" for p in rows[0]["probes"])])

@@ -30,12 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from tjepa.batches import BatchStream, mask_sampler
-from tjepa.lab.report import command_line, markdown_table, write_readme_table
 from tjepa.masking import MaskedBatch, MaskingConfig, MaskSampler
-from tjepa.objective import Student
 from tjepa.packing import pack, padding_share
 from tjepa.runs import load_config
 from tjepa.step import TrainingStep, resolve_model
+from tjepa.tables import command_line, markdown_table, write_readme_table
 
 LENGTH_MEAN, LENGTH_STD, LENGTH_MIN = 190, 60, 8  # TinyStories stories, in cl100k tokens
 
@@ -161,7 +160,7 @@ def bench_step(config_path: str | None = None, device: str = "auto", views: int 
         masked = [shadow(*d) for d in docs]
         laid_out = [training_step.split(m).parts[0] for m in masked]
         flops = step_flops(model_config, batch, tokens_per_step, masked,
-                           config.objective.student)
+                           has_predictor=training_step.model.mask_id is None)
         peak = _peak_flops(device)
         yield {
             "bench": "step",
@@ -230,12 +229,12 @@ def _count_host_syncs(step, set_mode=None, known_sync=None) -> dict | None:
 
 
 def step_flops(config, batch: int, tokens_per_step: float, masked: list[MaskedBatch],
-               student: Student = "predictor") -> float:
+               has_predictor: bool = True) -> float:
     """Useful FLOPs of one step, on real (unpadded) tokens: per token and layer, 2 FLOPs per
     weight plus 4·S·d for attention scores and values, forward; backward doubles it again.
-    ``student="encoder"`` (data2vec's, ``tjepa.data2vec``): the context encoder reads the
-    targets' ``[MASK]`` slots too, and a two-layer head (4·d² weights) replaces the
-    predictor."""
+    Without a predictor (the encoder student, ``tjepa.variants.student``): the context
+    encoder reads the targets' ``[MASK]`` slots too, and a two-layer head (4·d² weights)
+    replaces the predictor."""
     views = len(masked[0].document)
     context = sum(int(m.context_valid.sum()) for m in masked) / len(masked)  # per step
     targets = sum(int(m.target_valid.sum()) for m in masked) / len(masked)
@@ -246,7 +245,7 @@ def step_flops(config, batch: int, tokens_per_step: float, masked: list[MaskedBa
 
     d, dp = config.dim, config.predictor_dim
     target = forward(tokens_per_step, tokens_per_step / batch, d, config.depth)
-    if student == "encoder":
+    if not has_predictor:
         read = context + targets
         return (target + 3 * forward(read, read / views, d, config.depth)
                 + 3 * 2 * 4 * d * d * targets)

@@ -34,9 +34,9 @@ from tqdm.auto import tqdm
 
 from tjepa import data, runs
 from tjepa.batches import held_out_documents, mask_sampler, validation_batches
-from tjepa.lab.report import command_line, markdown_table, write_readme_table
 from tjepa.monitor import measure
 from tjepa.step import Distributed, TrainingStep, resolve_device
+from tjepa.tables import command_line, markdown_table, write_readme_table
 from tjepa.train import open_bins, resolve_config
 
 # The step's parts, in the order they run; each is a span between two of the timers' marks.
@@ -186,17 +186,16 @@ def breakdown(config_path: str | None = None, steps: int = 30, warmup: int = 5,
     device = resolve_device(config.train.device, world)
     bins = open_bins(config.data, world)
     config = resolve_config(config, bins, device, world)
-    if (config.objective.name != "jepa" or not config.objective.uses_ema
-            or config.objective.student != "predictor"):
-        # one encoder serving as both would have its two passes timed under one name
-        raise ValueError("the breakdown times a JEPA's three networks apart: it needs "
-                         "objective.name = \"jepa\" with an EMA target encoder (ema or vicreg) "
-                         "and a predictor (objective.student = \"predictor\")")
     loader = data.DocumentLoader(bins.split("train"), config.data.batch_size,
                                  config.data.block_size, config.train.seed,
                                  config.data.min_tokens)
     sampler = mask_sampler(config)
     training_step = TrainingStep(config, device, world)
+    if len(training_step.model.networks()) != 3:
+        # one encoder serving as both would have its two passes timed under one name
+        raise ValueError("the breakdown times a JEPA's three networks apart: it needs a "
+                         "context encoder, an EMA target encoder (anti_collapse ema or vicreg) "
+                         "and a predictor (the taught JEPA)")
     batches = [training_step.split(sampler(*loader.next_batch()))
                for _ in range(warmup + steps)]  # made ahead: the data's time is not the step's
     for i in tqdm(range(warmup), desc="warm-up", leave=False, disable=not progress):

@@ -22,8 +22,8 @@ import torch
 
 from tjepa import data
 from tjepa.batches import validation_batches
-from tjepa.lab.report import command_line, markdown_table, write_readme_table
 from tjepa.runs import RunConfig, build_model, load_run
+from tjepa.tables import command_line, markdown_table, write_readme_table
 
 
 def term_gradients(model: torch.nn.Module, config: RunConfig, batches: list) -> dict:

@@ -56,7 +56,7 @@ def run_lidar(run_dir: str | Path, data_dir: str | Path | None = None,
                          f"{config.data.min_tokens} tokens or more, found {len(long_enough)}")
     chosen = long_enough[:documents]
     sampler = MaskSampler(replace(config.masking, views=views), seed=MASK_SEED)
-    encoders = {"context": (model.context_encoder, getattr(model, "mask_id", None)),
+    encoders = {"context": (model.context_encoder, model.mask_id),
                 "target": (model.target_encoder, None)}
     pooled: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
     starts = range(0, len(chosen), BATCH_DOCUMENTS)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from tjepa import data, probe
-from tjepa.lab.report import command_line, markdown_table, write_readme_table
+from tjepa.tables import command_line, markdown_table, write_readme_table
 
 DEFAULT_BLOCK_SIZE = 192  # the block size of configs/default.toml and tinystories_cpu.toml
 

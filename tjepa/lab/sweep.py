@@ -8,7 +8,7 @@
 A variant is a name, then ``:`` and ``--set``-style overrides separated by ``;`` (none: the
 config as it is). Every variant trains for the same steps on the same data and seeds, then
 the probe suite reads its ``last.pt`` (document probes only unless ``--token-probes``: the
-semantic gain does not need the others). Runs already finished in ``--out`` (their
+training gain does not need the others). Runs already finished in ``--out`` (their
 ``eval.json`` at the final step) are read, not trained again, so a sweep can be extended a
 variant at a time and a stopped one picks up where it was; ``sweep.json`` keeps every
 variant met in ``--out`` and the table lists them all. ``--readme`` writes the table between
@@ -28,8 +28,9 @@ import numpy as np
 
 from tjepa.config import ConfigError
 from tjepa.eval import evaluate_run
-from tjepa.lab.report import command_line, markdown_table, write_readme_table
+from tjepa.probe import NOISE, ProbeResult, training_gain
 from tjepa.runs import load_config, read_metrics
+from tjepa.tables import command_line, markdown_table, write_readme_table
 
 
 @dataclass
@@ -97,35 +98,44 @@ def read_run(run_dir: Path, seed: int) -> dict:
 
 
 def variant_row(name: str, overrides: list[str], runs: list[dict]) -> dict:
-    """One variant over its seeds: every probe's trained accuracy (mean and spread), its best
-    baseline and margin, the semantic gain, the losses, RankMe, the alarm and the step time."""
+    """One variant over its seeds: every probe's trained accuracy (mean and spread), random
+    init, best shortcut, best baseline and margin; the training gain (mean and spread over
+    seeds), the probes passed on every seed, the losses, RankMe, the alarm and the step
+    time."""
     reports = [r["report"] for r in runs]
     # by name: a run probed with the token probes too holds more probes than one without
-    by_name = [{p["name"]: p for p in rep["probes"]} for rep in reports]
+    by_name = [{p["name"]: ProbeResult.from_dict(p) for p in rep["probes"]} for rep in reports]
     probes = []
-    for first in reports[0]["probes"]:
-        if not all(first["name"] in named for named in by_name):
+    for first in by_name[0].values():
+        if not all(first.name in named for named in by_name):
             continue
-        seeds = [named[first["name"]] for named in by_name]
-        trained = [p["trained"] for p in seeds]
-        best = [p["best_baseline"] for p in seeds]
-        random_init = [p["random_init"] for p in seeds]
-        shortcuts = {k: float(np.mean([p["baselines"][k] for p in seeds]))
-                     for k in first["baselines"]}
-        probes.append({"name": first["name"], "kind": first["kind"],
-                       "trained": float(np.mean(trained)), "trained_std": float(np.std(trained)),
-                       "best_baseline": float(np.mean(best)),
-                       "random_init": float(np.mean(random_init)), "baselines": shortcuts,
-                       "margin": float(np.mean(np.subtract(trained, best))),
-                       "margins": [float(t - b) for t, b in zip(trained, best, strict=True)]})
-    gains = {kind: [_gain(rep, kind) for rep in reports] for kind in GAIN_KINDS}
+        seeds = [named[first.name] for named in by_name]
+        trained = [p.trained for p in seeds]
+        best = [p.best_baseline for p in seeds]
+        shortcut = [p.best_shortcut for p in seeds]
+        probes.append({
+            "name": first.name, "kind": first.kind,
+            "trained": float(np.mean(trained)), "trained_std": float(np.std(trained)),
+            "random_init": float(np.mean([p.random_init for p in seeds])),
+            "best_baseline": float(np.mean(best)),
+            "best_shortcut": None if None in shortcut else float(np.mean(shortcut)),
+            "best_shortcut_name": max(first.baselines, key=first.baselines.get, default=None),
+            "baselines": {k: float(np.mean([p.baselines[k] for p in seeds]))
+                          for k in first.baselines},
+            "added": float(np.mean([p.trained - p.random_init for p in seeds])),
+            "margin": float(np.mean(np.subtract(trained, best))),
+            "margins": [float(t - b) for t, b in zip(trained, best, strict=True)],
+            "in_headline": all(p.in_headline for p in seeds)})
+    gains = [training_gain(list(named.values())) for named in by_name]
     validation = [[m for m in r["metrics"] if "val_loss" in m] for r in runs]
     final = [r["metrics"][-1] for r in runs]
     return {
         "variant": name, "overrides": overrides, "seeds": [r["seed"] for r in runs],
         "steps": reports[0]["step"], "probes": probes,
-        **{f"{kind}_gain": _mean(values) for kind, values in gains.items()},
-        **{f"{kind}_gain_std": _std(values) for kind, values in gains.items()},
+        "training_gain": _mean(gains), "training_gain_std": _std(gains),
+        "training_gains": gains,
+        "passed": [p["name"] for p in probes if p["margins"]
+                   and min(p["margins"]) >= NOISE and p["baselines"]],
         "final_loss": float(np.mean([m["loss"] for m in final])),
         "val_loss_first": float(np.mean([v[0]["val_loss"] for v in validation])),
         "val_loss_last": float(np.mean([v[-1]["val_loss"] for v in validation])),
@@ -141,31 +151,30 @@ def variant_row(name: str, overrides: list[str], runs: list[dict]) -> dict:
     }
 
 
-def sweep_table(rows: list[dict], brief: bool = False, kind: str = "semantic") -> str:
-    """Variants as rows: what was changed, the probes of ``kind`` (``semantic`` or
-    ``discourse``: trained, with the margin over their best baseline: the mean over seeds and,
-    with several, the smallest), that kind's gain, the validation loss and how far below the
-    constant prediction's it lies, RankMe, the target token share, the alarm and the step
-    time. ``brief``: the probes, the gain and the alarm only. The baselines follow as rows."""
-    names = [p["name"] for p in rows[0]["probes"] if p["kind"] == kind]
+def sweep_table(rows: list[dict], brief: bool = False) -> str:
+    """Variants as rows: what was changed; each headline probe (no shortcut reads it at
+    ``SHORTCUT_LINE``), as trained accuracy with what training added to random init; the
+    training gain (mean ± spread over seeds); the probes passed on every seed; and, unless
+    ``brief``, the validation loss and how far below the constant prediction's it lies,
+    RankMe, the target token share, the alarm and the step time. Random init and the
+    shortcuts follow as rows (the first variant's runs')."""
+    names = [p["name"] for p in rows[0]["probes"] if p["in_headline"]]
     if not names:
-        raise ConfigError(f"the first variant's runs hold no {kind} probes: evaluate them "
-                          "again (delete their eval.json and rerun the sweep)")
-    spread = lambda v, s, n: f"{v:+.3f}" + (f" ± {s:.3f}" if n > 1 else "")
+        raise ConfigError("the first variant's runs hold no probe that every shortcut misses: "
+                          "evaluate them again (delete their eval.json and rerun the sweep)")
 
-    def cell(p: dict | None, seeds: int) -> str:
-        if p is None:
-            return "—"
-        low = f", min {min(p['margins']):+.3f}" if seeds > 1 else ""
-        return f"{p['trained']:.3f} ({p['margin']:+.3f}{low})"
+    def cell(p: dict | None) -> str:
+        return "—" if p is None else f"{p['trained']:.3f} ({p['added']:+.3f})"
 
     table = []
     for row in rows:
         found, seeds = {p["name"]: p for p in row["probes"]}, len(row["seeds"])
+        gain = row["training_gain"]
         cells = [row["variant"], f"{row['steps']} × {seeds}",
-                 *(cell(found.get(n), seeds) for n in names),
-                 "—" if row[f"{kind}_gain"] is None else
-                 spread(row[f"{kind}_gain"], row[f"{kind}_gain_std"], seeds)]
+                 *(cell(found.get(n)) for n in names),
+                 "—" if gain is None else f"{gain:+.3f}" + (
+                     f" ± {row['training_gain_std']:.3f}" if seeds > 1 else ""),
+                 ", ".join(row["passed"]) or "none"]
         alarm = "yes" if row["collapse_alarm"] else "no"
         table.append([*cells, alarm] if brief else [
             cells[0], "; ".join(f"`{o}`" for o in row["overrides"]) or "—", *cells[1:],
@@ -173,9 +182,6 @@ def sweep_table(rows: list[dict], brief: bool = False, kind: str = "semantic") -
             f"{row['val_gap_first']:.4f} → {row['val_gap_last']:.4f}",
             f"{row['rankme']:.0f}", _share(row.get("target_token_share")), alarm,
             f"{row['seconds_per_step']:.2f}"])
-    # the baselines as the first variant's runs measured them, a mean over its seeds of each
-    # one (each variant's margins are over its own runs' best baseline, seed by seed: random
-    # twins and the bag of embeddings belong to a run)
     first = {p["name"]: p for p in rows[0]["probes"]}
     baselines = {"random init": {n: first[n]["random_init"] for n in names},
                  **{k.replace("_", " "): {n: first[n]["baselines"].get(k) for n in names}
@@ -183,11 +189,11 @@ def sweep_table(rows: list[dict], brief: bool = False, kind: str = "semantic") -
     for label, found in baselines.items():
         values = ["—" if found[n] is None else f"{found[n]:.3f}" for n in names]
         name = f"*{label}* (with {rows[0]['variant']})"
-        table.append([name, "—", *values, "—", "—"] if brief else
-                     [name, "baseline", "—", *values,
-                      "—", "—", "—", "—", "—", "—", "—"])
-    head = ["variant", "steps × seeds", *(f"{n} (margin)" for n in names),
-            f"{kind} gain (± std over seeds)"]
+        table.append([name, "—", *values, "—", "—", "—"] if brief else
+                     [name, "baseline", "—", *values, "—", "—",
+                      "—", "—", "—", "—", "—", "—"])
+    head = ["variant", "steps × seeds", *(f"{n}: trained (+ over random init)" for n in names),
+            "**training gain** (± std over seeds)", f"passed (≥ +{NOISE} on every seed)"]
     if brief:
         return markdown_table([*head, "alarm"], table)
     return markdown_table(
@@ -196,7 +202,26 @@ def sweep_table(rows: list[dict], brief: bool = False, kind: str = "semantic") -
          "alarm", "s/step"], table)
 
 
-GAIN_KINDS = ("semantic", "discourse")
+def probes_table(rows: list[dict]) -> str:
+    """Every probe as a row, the variants as columns: random init, the best shortcut (and
+    which), then each variant's trained accuracy (mean over seeds) and margin over its best
+    baseline; ✓ marks the probes in the headline (no shortcut reads them at
+    ``SHORTCUT_LINE``)."""
+    found = [{p["name"]: p for p in row["probes"]} for row in rows]
+    table = []
+    for p in rows[0]["probes"]:
+        if not p["baselines"]:
+            continue  # the token probes and the forecast: no shortcut to set beside them
+        shortcut = "—" if p["best_shortcut"] is None else (
+            f"{p['best_shortcut']:.3f} ({p['best_shortcut_name'].replace('_', ' ')})")
+        table.append([f"{p['name']} ({p['kind']})", "✓" if p["in_headline"] else "",
+                      f"{p['random_init']:.3f}", shortcut,
+                      *("—" if p["name"] not in f else
+                        f"{f[p['name']]['trained']:.3f} ({f[p['name']]['margin']:+.3f})"
+                        for f in found)])
+    return markdown_table(["probe (kind)", "in the headline", "random init",
+                           f"best shortcut (with {rows[0]['variant']})",
+                           *(f"{row['variant']} (margin)" for row in rows)], table)
 
 
 def _last(run: dict, key: str) -> float:
@@ -267,39 +292,29 @@ def spearman_left_out(x: Sequence[float], y: Sequence[float],
 
 def label_free_table(out: Path, objective: str = "jepa") -> str:
     """Across every run of the sweep in ``out`` whose objective is ``objective``, each
-    label-free number's rank correlation with the semantic and the discourse gain, and the
-    range of its correlation with the semantic gain when any one variant (all its seeds) is
-    left out."""
+    label-free number's rank correlation with the training gain, and the range of that
+    correlation when any one variant (all its seeds) is left out."""
     runs = [(v["name"], read_run(out / f"{v['name']}-seed{s}", s))
             for v in saved_variants(out) for s in v["seeds"]]
     runs = [(name, r) for name, r in runs if r["report"].get("objective", "jepa") == objective]
     variants = [name for name, _ in runs]  # the variant of each run: its seeds leave together
     found = [r for _, r in runs]
-    gains = {kind: [_gain(r["report"], kind) for r in found] for kind in GAIN_KINDS}
-    gains = {k: [np.nan if g is None else g for g in v] for k, v in gains.items()}
+    gains = [training_gain([ProbeResult.from_dict(p) for p in r["report"]["probes"]])
+             for r in found]
+    gains = [np.nan if g is None else g for g in gains]
     rows = []
     for name, measure in LABEL_FREE.items():
         values = [measure(r) for r in found]
-        low, high = spearman_left_out(values, gains["semantic"], variants)
-        rows.append([name, *(_rho(spearman(values, gains[k])) for k in GAIN_KINDS),
+        low, high = spearman_left_out(values, gains, variants)
+        rows.append([name, _rho(spearman(values, gains)),
                      "—" if np.isnan(low) else f"{_rho(low)} … {_rho(high)}",
                      str(int(np.sum(~np.isnan(values))))])
-    return markdown_table(["label-free number (at the run's end)",
-                           *(f"ρ with the {k} gain" for k in GAIN_KINDS),
-                           "ρ with the semantic gain, one variant left out", "runs"], rows)
+    return markdown_table(["label-free number (at the run's end)", "ρ with the training gain",
+                           "ρ, one variant left out", "runs"], rows)
 
 
 def _rho(value: float) -> str:
     return "—" if np.isnan(value) else f"{value:+.2f}"
-
-
-def _gain(report: dict, kind: str) -> float | None:
-    """A run's gain of one kind: its eval.json's, or the mean margin of its probes of that
-    kind (an eval.json written before that kind had a gain of its own)."""
-    if report.get(f"{kind}_gain") is not None:
-        return report[f"{kind}_gain"]
-    margins = [p["trained"] - p["best_baseline"] for p in report["probes"] if p["kind"] == kind]
-    return float(np.mean(margins)) if margins else None
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -385,8 +400,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the table's probes, gain and alarm only (for a front page)")
     parser.add_argument("--only", metavar="NAME,NAME",
                         help="the table's variants, in this order (default: all, as met)")
-    parser.add_argument("--kind", default="semantic", choices=GAIN_KINDS,
-                        help="which probes the table shows, and whose gain")
+    parser.add_argument("--probes", action="store_true",
+                        help="instead: every probe as a row, with random init and the best "
+                             "shortcut beside each variant's score")
     parser.add_argument("--label-free", action="store_true",
                         help="instead: each label-free number's rank correlation with the "
                              "gains, over the sweep's JEPA runs")
@@ -408,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only:
             rows = only_variants(rows, args.only.split(","))
         table = (label_free_table(Path(args.out)) if args.label_free
-                 else sweep_table(rows, args.brief, args.kind))
+                 else probes_table(rows) if args.probes else sweep_table(rows, args.brief))
     except ConfigError as e:
         print(f"tjepa.lab.sweep: error: {e}", file=sys.stderr)
         return 1

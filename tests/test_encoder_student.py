@@ -1,5 +1,5 @@
-"""data2vec's student: the encoder reads [MASK] at the targets, a head predicts, and what stood
-at the targets never reaches the predictions."""
+"""data2vec's and iBOT's student (``objective.student = "encoder"``): the encoder reads [MASK]
+at the targets, a head predicts, and what stood at the targets never reaches the predictions."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import torch
 from tests.helpers import SMALL_MODEL, short_batch, tiny
 from tjepa import runs, train
 from tjepa.config import ConfigError
-from tjepa.data2vec import Data2VecJEPA
 from tjepa.mlm import MaskedInput
 from tjepa.objective import ObjectiveConfig
+from tjepa.variants.student import EncoderStudentJEPA
 
 
-def student(**objective) -> Data2VecJEPA:
+def student(**objective) -> EncoderStudentJEPA:
     torch.manual_seed(0)
-    return Data2VecJEPA(SMALL_MODEL, ObjectiveConfig(student="encoder", **objective))
+    return EncoderStudentJEPA(SMALL_MODEL, ObjectiveConfig(student="encoder", **objective))
 
 
 def test_the_students_predictions_never_see_the_tokens_at_the_targets():
@@ -82,7 +82,7 @@ def test_a_run_with_the_encoder_as_student_trains_and_loads_back(tinytales_bins,
                                          'objective.target="blocks"'))
     train.train(config, tmp_path / "run", progress=False)
     model, loaded, _ = runs.load_run(tmp_path / "run")
-    assert isinstance(model, Data2VecJEPA) and loaded.objective.student == "encoder"
+    assert isinstance(model, EncoderStudentJEPA) and loaded.objective.student == "encoder"
 
 
 def test_the_encoder_as_student_is_a_jepas_and_takes_padded_batches():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tjepa.lab import report
+from tjepa import tables
 
 
 def test_markdown_table_has_a_header_a_rule_and_a_line_per_row():
-    table = report.markdown_table(["a", "b"], [["1", "2"], ["3", ""]])
+    table = tables.markdown_table(["a", "b"], [["1", "2"], ["3", ""]])
     assert table.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | 2 |", "| 3 | |"]
 
 
@@ -17,13 +17,13 @@ def test_readme_table_replaces_only_its_own_block_and_refuses_a_readme_without_m
     readme = tmp_path / "README.md"
     readme.write_text("top\n<!-- x:start -->\nold x\n<!-- x:end -->\n"
                       "<!-- y:start -->\nold y\n<!-- y:end -->\nend\n")
-    report.write_readme_table(readme, "x", "| new |", "python -m tjepa.lab.bench table f")
+    tables.write_readme_table(readme, "x", "| new |", "python -m tjepa.lab.bench table f")
     assert readme.read_text() == (
         "top\n<!-- x:start -->\n<!-- written by `python -m tjepa.lab.bench table f` -->\n"
         "| new |\n<!-- x:end -->\n<!-- y:start -->\nold y\n<!-- y:end -->\nend\n")
     with pytest.raises(SystemExit, match="no <!-- z:start -->"):
-        report.write_readme_table(readme, "z", "| new |", "python -m tjepa.lab.bench table f")
+        tables.write_readme_table(readme, "z", "| new |", "python -m tjepa.lab.bench table f")
 
 
 def test_command_line_names_the_module_and_its_arguments():
-    assert report.command_line("tjepa.eval", ["a", "--saved"]) == "python -m tjepa.eval a --saved"
+    assert tables.command_line("tjepa.eval", ["a", "--saved"]) == "python -m tjepa.eval a --saved"

@@ -1,8 +1,8 @@
 """Markdown tables of results, and the README blocks they are written into.
 
-Every table of measurements the README shows — the default runs (``tjepa.eval``), the
-ablations (``tjepa.lab.ablate``), the benchmarks (``tjepa.lab.bench table``) — is written by the
-command that measured or gathered it, between ``<!-- NAME:start -->`` and
+Every table of measurements the docs show — the runs (``tjepa.eval``, ``tjepa.lab.sweep``),
+the ablation (``tjepa.lab.ablate``), the benchmarks (``tjepa.lab.bench table``) — is written by
+the command that measured or gathered it, between ``<!-- NAME:start -->`` and
 ``<!-- NAME:end -->``, with that command named above the table: nothing typed by hand.
 """
 
