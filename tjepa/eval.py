@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the markers' name: <!-- NAME:start --> … <!-- NAME:end -->")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    tabled = len(args.run_dirs) > 1 or args.saved
+    tabled = (len(args.run_dirs) > 1 or args.saved) and not args.refresh
     if args.readme and not tabled:
         parser.error("--readme writes the table of several runs (or of --saved ones)")
     try:
