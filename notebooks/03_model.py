@@ -179,7 +179,7 @@ assert torch.allclose(targets[valid], by_hand_targets[valid], atol=1e-5)
 # whose outputs are small, starts near that level.
 
 # %%
-trivial = prediction_loss(torch.zeros_like(targets), targets, "smooth_l1")[valid].mean()
+trivial = prediction_loss(torch.zeros_like(targets), targets)[valid].mean()
 print(f"predicting zeros: {float(trivial):.3f}; untrained predictor: {float(by_hand):.3f}")
 assert 0.35 < float(trivial) < 0.5
 
@@ -188,7 +188,7 @@ assert 0.35 < float(trivial) < 0.5
 # metrics is its loss (far below 0.42 when the targets have crowded into a few directions).
 # The gap between a run's validation loss and it is what the predictor reads from the context.
 # That gap is necessary, not sufficient: whether what it reads is what a user wants is the
-# probes' question (chapter 06), and on real text the two can disagree (docs/experiments.md).
+# probes' question (chapter 06), and on real text the two can disagree (docs/results.md).
 # When the targets are mostly a code of the hidden word, the gap stays small even for a good
 # predictor; chapter 07 works out why.
 
@@ -259,8 +259,7 @@ assert shared <= per_span
 # - Bardes et al. 2024, *Revisiting Feature Prediction for Learning Visual Representations from
 #   Video* (V-JEPA): §3.1 (an L1 regression to EMA targets).
 # - Baevski et al. 2022, *data2vec*: §3.3 (targets from a teacher that sees the whole input,
-#   normalized; the alternatives `objective.target` offers) and §3.4 (the smooth L1 loss used
-#   here).
+#   normalized) and §3.4 (the smooth L1 loss used here).
 # - Su et al. 2021, *RoFormer*: §3.2 (the rotation) and §3.4.1 (why the score depends on the
 #   offset only, the property the cell above checks).
 # - Devlin et al. 2019, *BERT*: §3.1 (the masked LM this chapter contrasts with).

@@ -207,15 +207,11 @@ assert any(r.get("collapse_alarm") for r in metrics["collapse demo"])
 # between the validation loss and the loss of the constant prediction of the targets' mean
 # (`val_constant_loss`, chapter 03): the part of the targets the predictor reads from the
 # context. It is necessary, not sufficient. A run can beat its constant while its embeddings
-# hold nothing a probe wants. On real text the clearest case is a JEPA whose targets are
-# centred on each word's mean (`objective.target_centering = "token"`): the predictor beats
-# the constant by a third of the loss, where the plain JEPA beats it by under 2 %, and its
-# semantic gain is among the sweep's lowest. It has learned something easy to predict that
-# no probe asks for. Over the sweep's runs no label-free number ranks the probes' gains
-# reliably, LiDAR included (the effective rank of what sets documents apart, each direction
-# weighed against how far one document's masked views spread along it; docs/experiments.md,
-# the label-free table). So
-# no label-free number here replaces the probes of chapter 06;
+# hold nothing a probe wants: a target that is easy to predict from the context, but that
+# carries nothing the probes ask about, gives a wide gap and nothing else. Across the
+# real-text runs behind `docs/results.md`, neither RankMe nor the gap, nor any other number a
+# run shows without labels, orders the runs by what the probes find. So no label-free number
+# here replaces the probes of chapter 06;
 # RankMe and the gap rule out failures, they do not certify learning. Both runs' gaps:
 
 # %%
@@ -237,8 +233,8 @@ for name, records in metrics.items():
 #   targets still enough for that to hold. VICReg's terms are a second, explicit guard.
 # - The alarm fires on a fixed RankMe line, on a fall below half the run's peak, or on a token
 #   std below its line, for the target encoder and for the regression targets themselves
-#   (which, for data2vec's block targets, are not its last layer). A collapsing run's loss
-#   looks *better*.
+#   (the same here; a target made otherwise than from the last layer can collapse alone). A
+#   collapsing run's loss looks *better*.
 # - RankMe and the gap below the constant rule failures out; neither certifies that a run
 #   learns what a user wants: that takes the probes.
 #

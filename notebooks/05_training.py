@@ -41,22 +41,16 @@
 #
 # - **on a GPU**, `configs/tinystories.toml`: 8 layers of width 384, 20,000 steps, compiled
 #   with flex_attention and bf16; its step time and memory per batch size on a card are in
-#   `docs/performance.md` (tens of minutes and about 15 GiB at batch 64 on an H200). It
-#   trains chapter 03's JEPA: the CPU config's recipe below is measured at the CPU's size only,
-#   and its encoder student takes padded batches only, not the packed rows
-#   (`train.pack_length`) the GPU benchmarks also measure;
+#   `docs/performance.md` (tens of minutes and about 15 GiB at batch 64 on an H200);
 # - **on a CPU**, `configs/tinystories_cpu.toml`: the default 4-layer model of width 128 for
 #   1,200 steps at a learning rate that moves a 9k-word vocabulary in a short run, about ten
 #   minutes on a 2-core laptop (up to twice that on a slower one) and under 2 GiB of memory
-#   (the measured time: `docs/performance.md`). Its JEPA is not chapter 03's: on real text at
-#   this size the predictor's regression learns less than a masked LM, and the recipe with the
-#   best mean, within the noise of the masked LM, changes the student, the loss and the target
-#   at once. The encoder reads the document with `[MASK]` at the targets (data2vec's and
-#   iBOT's student), and its distribution over learned prototypes is scored against the EMA
-#   teacher's distribution for the hidden word's input embedding (iBOT's self-distillation,
-#   `objective.loss = "distill"`). The EMA teacher and the schedules below are the same.
-#   Chapter 03's recipe at this size is `configs/tinystories_cpu_ijepa.toml`; how the two
-#   compare, and against a masked LM: `docs/experiments.md`.
+#   (the measured time: `docs/performance.md`).
+#
+# Both train chapter 03's JEPA: a predictor regresses the EMA target encoder's last layer,
+# layer-normed, by smooth L1, with chapter 04's VICReg terms against collapse. What it learns
+# on real text, against random init, the shortcuts and a masked LM trained at the same budget,
+# is in `docs/results.md`.
 #
 # From a terminal, the same runs are
 #
@@ -67,6 +61,8 @@
 # ```
 #
 # In smoke mode (the test run) it trains a tiny model for a few steps on the CPU instead.
+# After the run, the chapter writes out one training step and checks it against
+# `tjepa.step`, then reads the curves, the throughput and the EMA update.
 
 # %% tags=["parameters"]
 import os
@@ -110,6 +106,50 @@ print(f"{Path(config_file).name}: {config.model.depth} layers, width {config.mod
 
 # %%
 summary = train.train(config, Path(OUT), progress=True)
+
+# %% [markdown]
+# ## One step, written out
+# Every step of that run is one call of `tjepa.step.TrainingStep`, and it reads like I-JEPA's:
+# (1) forward and backward, (2) clip the gradients and step the optimizer, (3) move the target
+# encoder. Here are its few lines, on a fresh model built from the run's own config (on the
+# CPU, uncompiled) and one batch of its data, taken once by `TrainingStep` and once by hand
+# from the same start; the two must land on the same weights.
+
+# %%
+from tjepa.batches import mask_sampler
+from tjepa.step import TrainingStep
+
+resolved = runs.load_config(Path(OUT) / "config.toml",  # the run's config: vocabulary set
+                            ['train.device="cpu"', "train.compile=false",
+                             'model.attention="sdpa"'])
+loader = data.DocumentLoader(data.TokenBins(resolved.data.dir).split("train"),
+                             resolved.data.batch_size, resolved.data.block_size,
+                             resolved.train.seed, resolved.data.min_tokens)
+sampler = mask_sampler(resolved)
+reference, written_out = (TrainingStep(resolved, torch.device("cpu")) for _ in range(2))
+batch = reference.split(sampler(*loader.next_batch()))  # masks drawn on the batch thread
+reference(0, batch)
+
+model, optimizer = written_out.model, written_out.optimizer
+written_out.schedule.apply(optimizer, 0)  # the learning rate and weight decay of step 0
+(part,) = batch.parts  # one process, no gradient accumulation: one part
+# 1. forward: targets from the target encoder, predictions from the context; backward
+loss_sum, n_targets, regularizer = model(part)
+loss = loss_sum / batch.total_targets  # the mean over every target of the global batch
+(resolved.objective.prediction_weight * loss + regularizer).backward()
+# 2. clip and step the optimizer
+if resolved.optim.grad_clip > 0:
+    torch.nn.utils.clip_grad_norm_(model.parameters(), resolved.optim.grad_clip)
+optimizer.step()
+optimizer.zero_grad(set_to_none=True)
+# 3. momentum update of the target encoder
+model.update_target(written_out.schedule.momentum(0))
+
+for (name, ours), theirs in zip(model.state_dict().items(),
+                                reference.model.state_dict().values(), strict=True):
+    assert torch.allclose(ours, theirs, atol=1e-6), name
+print(f"{len(model.state_dict())} tensors after one step: the written-out step and "
+      "tjepa.step agree")
 
 # %% [markdown]
 # ## Curves from `metrics.jsonl`

@@ -13,6 +13,7 @@ import torch
 
 from tests.helpers import run_cli, tiny
 from tjepa import runs, train
+from tjepa.config import ConfigError
 from tjepa.jepa import JEPA
 
 
@@ -62,6 +63,22 @@ def test_resume_logs_identical_losses(tinytales_bins, tmp_path, anti_collapse, s
     expected = {r["step"]: r["val_loss"] for r in runs.read_metrics(tmp_path / "whole")
                 if "val_loss" in r}
     assert {step: val[step] for step in expected} == expected
+
+
+def test_kept_steps_save_the_checkpoint_a_run_stopped_there_would_have(tinytales_bins,
+                                                                       tmp_path):
+    config = runs.load_config(None, tiny(tinytales_bins, "train.max_steps=6",
+                                         "train.keep_steps=[3, 5]"))
+    train.train(config, tmp_path / "whole", progress=False)
+    assert sorted(p.name for p in (tmp_path / "whole").glob("step-*.pt")) == [
+        "step-3.pt", "step-5.pt"]
+    train.train(config, tmp_path / "stopped", stop_at=3, progress=False)
+    kept = runs.load_checkpoint(tmp_path / "whole" / "step-3.pt")
+    stopped = runs.load_checkpoint(tmp_path / "stopped" / "last.pt")
+    assert kept["step"] == 3 and all(torch.equal(kept["model"][k], stopped["model"][k])
+                                     for k in kept["model"])
+    with pytest.raises(ConfigError, match="keep_steps"):
+        runs.load_config(None, ["train.max_steps=10", "train.keep_steps=[11]"])
 
 
 def test_resume_refuses_another_length_and_records_what_it_changes(tinytales_bins, tmp_path):

@@ -5,6 +5,7 @@
     out/<run>/metrics.jsonl   one JSON object per logged step
     out/<run>/last.pt         the latest checkpoint (model, optimizer, sampler, loader position)
     out/<run>/best.pt         the checkpoint of the lowest validation loss
+    out/<run>/step-N.pt       the checkpoint at step N, for each N of train.keep_steps
     out/<run>/loss.png        the training curves
 
 ``tjepa.train`` writes a run folder; ``tjepa.eval`` and ``tjepa.embed`` read one back
@@ -67,12 +68,17 @@ class TrainConfig:
     eval_interval: int = 100
     eval_batches: int = 4
     checkpoint_interval: int = 200
+    # steps whose checkpoint is also kept as step-N.pt (a learning curve: eval --checkpoint)
+    keep_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "grad_accum", "pad_multiple", "log_interval", "eval_interval",
                      "eval_batches", "checkpoint_interval"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.pack_length >= 0, f"pack_length must be >= 0, got {self.pack_length}")
+        check(all(1 <= s <= self.max_steps for s in self.keep_steps),
+              f"keep_steps must lie between 1 and max_steps ({self.max_steps}), got "
+              f"{self.keep_steps}")
 
 
 @dataclass

@@ -8,6 +8,7 @@ the command that measured or gathered it, between ``<!-- NAME:start -->`` and
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,7 +23,8 @@ def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def command_line(module: str, argv: Sequence[str] | None) -> str:
     """How ``python -m module`` was called: ``argv``, or the process's arguments when None."""
-    return " ".join(["python -m", module, *(sys.argv[1:] if argv is None else argv)])
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python -m", module, *(shlex.quote(a) for a in args)])
 
 
 def write_readme_table(readme: str | Path, marker: str, table: str, command: str) -> None:

@@ -6,7 +6,8 @@
     torchrun --nproc_per_node=4 -m tjepa.train --config configs/tinystories.toml
 
 The run folder (``tjepa.runs``) gets the resolved config, the metrics, ``last.pt`` and
-``best.pt`` (lowest validation loss) and ``loss.png``. SIGTERM and Ctrl-C save ``last.pt`` and
+``best.pt`` (lowest validation loss), ``step-N.pt`` for each step ``train.keep_steps`` names,
+and ``loss.png``. SIGTERM and Ctrl-C save ``last.pt`` and
 exit cleanly; ``--resume`` continues exactly where the run stopped.
 """
 
@@ -144,6 +145,9 @@ def train(config: runs.RunConfig, run_dir: str | Path, resume: bool = False,
                 if step % config.train.checkpoint_interval == 0 or is_last or stop.requested:
                     check_finite(first_bad_step, run_dir)
                     save("last.pt")
+                if step in config.train.keep_steps:
+                    check_finite(first_bad_step, run_dir)
+                    save(f"step-{step}.pt")
     finally:
         stream.close()
         bar.close()
