@@ -17,6 +17,7 @@ from tjepa.lab.sweep import saved_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVERS = ROOT / "docs/runs/levers"  # the real-text runs' records that the docs' tables read
+TINYTALES = ROOT / "docs/runs/tinytales"  # the tinytales runs' records
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -86,7 +87,8 @@ def recorded_config(config_file: str | Path, overrides: list[str], saved: runs.R
 def test_every_recorded_run_trained_its_sweeps_config_with_its_overrides():
     # the docs' commands name these config files: a change to one that the runs kept in
     # docs/runs did not train must fail here
-    for records, config_file in ((LEVERS, "configs/tinystories_cpu.toml"),):
+    for records, config_file in ((LEVERS, "configs/tinystories_cpu.toml"),
+                                 (TINYTALES, "configs/default.toml")):
         recorded = saved_variants(records)
         assert recorded and {v["config"] for v in recorded} == {config_file}
         for variant in recorded:
@@ -100,6 +102,8 @@ def test_every_recorded_run_trained_its_sweeps_config_with_its_overrides():
     (LEVERS, "jepa", "configs/tinystories_cpu.toml"),
     (LEVERS, "ibot-embed", "configs/recipes/ibot_embedding.toml"),
     (LEVERS, "mlm", "configs/recipes/masked_lm.toml"),
+    (TINYTALES, "default", "configs/default.toml"),
+    (TINYTALES, "mlm", "configs/recipes/masked_lm_tinytales.toml"),
 ])
 def test_each_reported_config_is_the_one_its_recorded_runs_trained(records, variant,
                                                                    config_file):

@@ -65,6 +65,13 @@ class JEPA(Learner):
         regularizer = self.regularizer(context, batch.context_valid)
         return (per_token * valid).sum(), valid.sum(), regularizer
 
+    def losses_and_states(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
+        """The loss at each target (V, P) — how far the prediction from the context lands
+        from the target encoder's view of the hidden token, the JEPA's energy there — and
+        the predictions themselves (V, P, D)."""
+        predictions, targets = self.predict(batch)
+        return self.score(predictions, targets, batch.target_valid), predictions
+
     def predict(self, batch: MaskedBatch, return_context: bool = False):
         """Predictions and targets at the packed target positions: both (V, P, D) (and the
         context embeddings (V, C, D) when ``return_context``)."""

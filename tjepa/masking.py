@@ -285,6 +285,26 @@ def forecast_batch(tokens: Tensor, lengths: Tensor, prefix_lengths: Tensor,
                        torch.where(target_valid, 0, -1))
 
 
+def each_token_hidden(tokens: Tensor, lengths: Tensor, pad_multiple: int = 1) -> MaskedBatch:
+    """One view per token of every document: that token the one target, every other token of
+    the document context (a masked LM's pseudo-likelihood hides them so, one at a time). The
+    views run document by document, token by token: view ``v`` hides token ``v − start`` of
+    document ``document[v]``."""
+    n_docs, width = tokens.shape
+    document = torch.arange(n_docs, device=tokens.device).repeat_interleave(lengths)  # (V,)
+    start = torch.cumsum(lengths, 0) - lengths  # each document's first view
+    hidden = torch.arange(len(document), device=tokens.device) - start[document]  # (V,)
+    position = torch.arange(width, device=tokens.device)[None, :]  # (1, T)
+    real = position < lengths[document][:, None]  # (V, T)
+    target = position == hidden[:, None]
+    context_positions, context_valid = _pack(real & ~target, pad_multiple)
+    target_positions, target_valid = _pack(target, pad_multiple)
+    return MaskedBatch(tokens, lengths, document,
+                       torch.full((len(document),), -1, device=tokens.device),
+                       context_positions, context_valid, target_positions,
+                       torch.where(target_valid, 0, -1))
+
+
 def span_statistics(batch: MaskedBatch, config: MaskingConfig) -> dict[str, dict[str, float]]:
     """Per denoiser: views, mean target rate, mean span length, mean spans and context share."""
     length = batch.lengths[batch.document].double()

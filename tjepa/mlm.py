@@ -77,18 +77,21 @@ class MaskedLM(Learner):
 
     def forward(self, batch: MaskedBatch) -> tuple[Tensor, Tensor, Tensor]:
         """Summed cross-entropy of the hidden tokens, their number, and 0 (no regularizer)."""
-        logits, truth = self.predict_tokens(batch)
+        per_token, _ = self.losses_and_states(batch)
         valid = batch.target_valid
-        per_token = F.cross_entropy(logits.flatten(0, 1).float(), truth.flatten(),
-                                    reduction="none").view_as(truth)
-        return (per_token * valid).sum(), valid.sum(), logits.new_zeros(())
+        return (per_token * valid).sum(), valid.sum(), per_token.new_zeros(())
 
-    def predict_tokens(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
-        """Logits (V, P, vocab) at the target positions, and the true ids there (V, P)."""
+    def losses_and_states(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
+        """The cross-entropy of each hidden token (V, P), in float32, and the encoder's output
+        at the ``[MASK]`` slots (V, P, D), which the token head reads."""
         masked = MaskedInput.of(batch, self.mask_id)
         h = self.context_encoder(masked.tokens, masked.positions,
                                  attention_mask(masked.groups, self.config.attention))
-        return self.head(h[:, masked.n_context:]), masked.truth
+        states = h[:, masked.n_context:]
+        logits = self.head(states)  # (V, P, vocab)
+        per_token = F.cross_entropy(logits.flatten(0, 1).float(), masked.truth.flatten(),
+                                    reduction="none").view_as(masked.truth)
+        return per_token, states
 
     @torch.no_grad()
     def constant_loss_sum(self, batch: MaskedBatch) -> Tensor:

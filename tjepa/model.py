@@ -239,6 +239,10 @@ class Learner(nn.Module):
       documents, or None when it regresses nothing (a masked LM names tokens);
     - ``can_predict`` and ``predict(batch)``: predictions and targets at a batch's target
       positions, in embedding space (the forecast probe and the decoder lens read them);
+    - ``losses_and_states(batch)``: at each target, its own loss (V, P), the terms
+      ``forward`` sums (a JEPA's energy, a masked LM's cross-entropy), and what it holds
+      there before any word head (V, P, D): a JEPA's predictions, a masked LM's encoder
+      output at the ``[MASK]`` slot (the minimal pairs read both);
     - ``mask_id``: the ``[MASK]`` id its context encoder reads at the targets, if it reads one.
     """
 
@@ -274,6 +278,9 @@ class Learner(nn.Module):
 
     def predict(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} predicts no embeddings")
+
+    def losses_and_states(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
 
 
 def init_weights(module: nn.Module) -> None:

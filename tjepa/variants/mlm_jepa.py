@@ -39,6 +39,20 @@ class MaskedLMJEPA(VariantJEPA):
     def forward(self, batch: MaskedBatch) -> tuple[Tensor, Tensor, Tensor]:
         """Summed (cross-entropy + ``jepa_weight`` × prediction loss) over the real targets,
         their number, and the anti-collapse term on the context embeddings."""
+        per_token, _, context = self.encode(batch)
+        valid = batch.target_valid
+        regularizer = self.regularizer(context, batch.context_valid)
+        return (per_token * valid).sum(), valid.sum(), regularizer
+
+    def losses_and_states(self, batch: MaskedBatch) -> tuple[Tensor, Tensor]:
+        """Cross-entropy + ``jepa_weight`` × prediction loss at each target (V, P), and the
+        encoder's output at the ``[MASK]`` slots (V, P, D), which the token head reads."""
+        per_token, states, _ = self.encode(batch)
+        return per_token, states
+
+    def encode(self, batch: MaskedBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """One pass over BERT's input: the per-target loss (V, P), the encoder's outputs at
+        the ``[MASK]`` slots (V, P, D) and at the context slots (V, C, D)."""
         masked = MaskedInput.of(batch, self.mask_id)
         targets = self.targets(batch)  # (V, P, D), from the whole documents
         backend = self.config.attention
@@ -50,11 +64,8 @@ class MaskedLMJEPA(VariantJEPA):
                                         reduction="none").view_as(masked.truth)
         predictions = self.predictor(context, batch.context_positions, batch.target_positions,
                                      attention_mask(attention_groups(batch), backend))
-        valid = batch.target_valid
-        regression = self.score(predictions, targets, valid)
-        per_token = cross_entropy + self.objective.jepa_weight * regression
-        regularizer = self.regularizer(context, batch.context_valid)
-        return (per_token * valid).sum(), valid.sum(), regularizer
+        regression = self.score(predictions, targets, batch.target_valid)
+        return cross_entropy + self.objective.jepa_weight * regression, hidden, context
 
     @torch.no_grad()
     def constant_loss_sum(self, batch: MaskedBatch) -> Tensor:
