@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tjepa import eval as tjepa_eval
-from tjepa.lab import shortcuts, sweep
+from tjepa import pairs
+from tjepa.lab import ablate, shortcuts, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
@@ -20,7 +21,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
 WRITTEN = re.compile(r"<!-- (?P<marker>[\w-]+):start -->\n<!-- written by `(?P<command>[^`]+)` -->"
                      r"\n(?P<table>.*?)<!-- (?P=marker):end -->", re.S)
 COMMANDS = {"tjepa.lab.sweep": sweep.main, "tjepa.eval": tjepa_eval.main,
-            "tjepa.lab.shortcuts": shortcuts.main}
+            "tjepa.lab.shortcuts": shortcuts.main, "tjepa.lab.ablate": ablate.main,
+            "tjepa.pairs": pairs.main}
 
 
 def prose(text: str) -> str:

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import tiny
+from tests.helpers import SMALL_MODEL, tiny
 from tjepa import data, minimal_pairs, pairs, runs, train
+from tjepa.jepa import JEPA
+from tjepa.mlm import MaskedLM
+from tjepa.objective import ObjectiveConfig
 
 ENGLISH = (  # a few sentences of the project's own, one or more for every paradigm
     "She is happy in the garden. They were tired after the long walk. This dog ran to the "
@@ -53,6 +56,18 @@ def test_each_sentence_is_scored_with_each_of_its_tokens_hidden_once_whatever_th
     scores = pairs.sentence_scores(losses_at, sequences)[:, 0]
     assert scores.tolist() == [float(s.sum()) for s in sequences]
     assert seen == Counter(t for s in sequences for t in s.tolist())
+
+
+@pytest.mark.parametrize("objective", ["jepa", "mlm"])
+def test_a_sentence_scores_the_sum_of_its_tokens_losses_alone_or_batched_with_others(objective):
+    torch.manual_seed(0)
+    model = (JEPA if objective == "jepa" else MaskedLM)(
+        SMALL_MODEL, ObjectiveConfig(name=objective)).eval()
+    sequences = [np.array([3, 4, 5, 6, 7]), np.array([8, 9, 10]), np.array([11, 12])]
+    alone = [pairs.token_scores(model, s) for s in sequences]
+    batched = pairs.sentence_scores(pairs.view_losses(model), sequences)[:, 0]
+    assert [len(a) for a in alone] == [5, 3, 2]
+    np.testing.assert_allclose([a.sum() for a in alone], batched, rtol=1e-5)
 
 
 def test_ties_count_one_half():

@@ -91,3 +91,11 @@ def test_collapse_figure_draws_the_regression_targets_beside_the_encoder_where_l
     assert list(fig.axes[0].get_lines()[2].get_ydata()) == [90.0, 40.0]
     assert len(fig.axes[1].get_lines()) == 2  # no document RankMe of the targets
     plot.plt.close(fig)
+
+
+def test_energy_figure_draws_a_row_of_bars_per_sentence():
+    fig = plot.energy_figure({"good": (["The", " dog", " is"], [0.1, 0.2, 0.3]),
+                              "bad": (["The", " dog", " are"], [0.1, 0.2, 0.9])})
+    assert len(fig.axes) == 2 and [len(ax.patches) for ax in fig.axes] == [3, 3]
+    assert fig.axes[1].get_title(loc="left").endswith("1.200 in all")
+    matplotlib.pyplot.close(fig)

@@ -130,6 +130,15 @@ def sentence_scores(losses_at: Callable[[MaskedBatch], Tensor], sequences: list[
     return scores
 
 
+@torch.no_grad()
+def token_scores(model: Learner, sequence: np.ndarray) -> np.ndarray:
+    """The run's own loss at each token of one sequence, hidden in turn: (n,), what
+    ``sentence_scores`` sums."""
+    tokens, lengths = probe.pad([sequence])
+    losses, _ = model.losses_and_states(each_token_hidden(tokens, lengths))
+    return losses[:, 0].double().numpy()
+
+
 def view_losses(model: Learner, readout: probe.Readout | None = None, vocab_size: int = 0
                 ) -> Callable[[MaskedBatch], Tensor]:
     """The losses at each view's one hidden token, (batch) → (V, K): the run's own, and with

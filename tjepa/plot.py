@@ -276,3 +276,20 @@ def signal_cap_figure(perplexities: Sequence[float], shares: dict[str, Sequence[
     ax.set_title("what a perfect predictor can gain")
     fig.tight_layout()
     return fig
+
+
+def energy_figure(sentences: dict[str, tuple[Sequence[str], Sequence[float]]],
+                  score: str = "energy") -> Figure:
+    """Each sentence's loss at each of its tokens, hidden in turn: one row of bars per
+    sentence (``sentences``: label → (its tokens, their losses)), on one shared scale, so the
+    token where a pair's sentences part shows where the scores part."""
+    fig, axes = plt.subplots(len(sentences), 1, figsize=(8, 1.9 * len(sentences)),
+                             sharey=True, squeeze=False)
+    for ax, (label, (tokens, losses)) in zip(axes[:, 0], sentences.items(), strict=True):
+        x = np.arange(len(tokens))
+        ax.bar(x, losses, color="tab:blue")
+        ax.set_xticks(x, [t.replace("\n", "⏎") for t in tokens], rotation=40, ha="right")
+        ax.set_ylabel(score)
+        ax.set_title(f"{label}: {sum(losses):.3f} in all", fontsize=10, loc="left")
+    fig.tight_layout()
+    return fig
