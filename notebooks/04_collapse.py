@@ -161,7 +161,7 @@ assert abs(stopped_slope) < 1e-3 * through
 # below collapses with the stop-gradient still on: its predictor is tiny, far from optimal, and
 # its targets move as fast as the encoder (momentum 0). tjepa's default adds VICReg's variance
 # and covariance terms (Bardes et al. 2022, §4.1) as a second guard, because EMA alone lost rank
-# on tinytales (docs/results.md).
+# on tinytales (docs/lab/anti-collapse.md).
 
 # %% [markdown]
 # ## A healthy run and a collapsing one
@@ -232,8 +232,7 @@ for name, records in metrics.items():
 #   stop-gradient removes that pull for a near-optimal predictor; the EMA target keeps the
 #   targets still enough for that to hold. VICReg's terms are a second, explicit guard.
 # - The alarm fires on a fixed RankMe line, on a fall below half the run's peak, or on a token
-#   std below its line, for the target encoder and for the regression targets themselves
-#   (the same here; a target made otherwise than from the last layer can collapse alone). A
+#   std below its line, for the target encoder and for the regression targets themselves. A
 #   collapsing run's loss looks *better*.
 # - RankMe and the gap below the constant rule failures out; neither certifies that a run
 #   learns what a user wants: that takes the probes.

@@ -41,11 +41,12 @@
 #
 # - **on a GPU**, `configs/tinystories.toml`: 8 layers of width 384, 20,000 steps, compiled
 #   with flex_attention and bf16; its step time and memory per batch size on a card are in
-#   `docs/performance.md` (tens of minutes and about 15 GiB at batch 64 on an H200);
+#   `docs/performance.md` (about 15 GiB at batch 64 on an H200, and at the step time measured
+#   there, about 22 minutes for the run);
 # - **on a CPU**, `configs/tinystories_cpu.toml`: the default 4-layer model of width 128 for
-#   1,200 steps at a learning rate that moves a 9k-word vocabulary in a short run, about ten
-#   minutes on a 2-core laptop (up to twice that on a slower one) and under 2 GiB of memory
-#   (the measured time: `docs/performance.md`).
+#   1,200 steps at a learning rate that moves a vocabulary of thousands of words in a short
+#   run, about ten minutes on a 2-core laptop (up to twice that on a slower one) and under
+#   2 GiB of memory (the measured time: `docs/performance.md`).
 #
 # Both train chapter 03's JEPA: a predictor regresses the EMA target encoder's last layer,
 # layer-normed, by smooth L1, with chapter 04's VICReg terms against collapse. What it learns

@@ -62,7 +62,8 @@
 # those probes out and asks what training added where no shortcut reaches: the mean of
 # *trained − random init* over the remaining document probes. Beside it, the report names the
 # probes **passed**: those the trained encoder reads better than its best baseline, random
-# init and every shortcut, by at least 0.05, about one probe's noise (exercise 2).
+# init and every shortcut, by at least 0.05: about two standard deviations of one probe's
+# sampling noise on a few hundred stories (exercise 2).
 #
 # This notebook evaluates the run notebook 05 trained (in smoke mode, its few-step run).
 

@@ -29,14 +29,14 @@
 # does not. This chapter puts the promise to the test. Both objectives train here side by
 # side on the same encoder, data, masks, steps and batch (`objective.name = "mlm"` swaps the
 # predictor and its regression for a token head and a cross-entropy); the same probes then
-# read both. Equal budget means equal steps and data, not equal compute: a masked LM's step,
-# with its softmax over the vocabulary, costs more than the JEPA's on a CPU (docs/results.md
-# gives both step times). Its conclusions are what the measurements say, including where the JEPA loses.
+# read both. Equal budget means equal steps and data, not equal compute: a masked LM's step
+# carries a softmax over the vocabulary, a JEPA's a predictor and a second encoder. The
+# chapter's conclusions are what the measurements say, including where the JEPA loses.
 #
 # In smoke mode (the test run) both are tiny and train for a few dozen steps on tinytales, so
 # their probes sit near chance: the point there is that the code runs. `REAL_TEXT = True`
 # trains both with `configs/tinystories_cpu.toml` (chapter 05's run) on TinyStories instead
-# (ten to twenty minutes each on a 2-core CPU); otherwise the default config on tinytales (a
+# (about ten minutes each on a 2-core CPU, docs/performance.md); otherwise the default config on tinytales (a
 # few minutes each). The measured results, over three seeds, are read from docs/results.md at
 # the end.
 
@@ -117,8 +117,8 @@ plot.signal_cap_figure(perplexities, saved);
 # beside the part that only chases the unpredictable word codes. How much of a real run's
 # targets is the word's code is measured by the **target token share** (the variance of the
 # targets that the token id explains; `probe.token_share`), which every eval report holds.
-# Other targets and losses can be tried against this cap; docs/results.md says what the
-# recipes measured there found.
+# Other targets and losses can be tried against this cap; docs/results.md says what those
+# measured there found.
 #
 # ## Training both at the same budget
 
@@ -134,8 +134,8 @@ if SMOKE:
                  "train.log_interval=5", "train.eval_interval=20", "optim.warmup_steps=5",
                  "monitor.interval=20", "monitor.documents=64"]
 elif REAL_TEXT:
-    shared = Path("../../shared/data/tinystories")
-    bins_dir = Path(DATA_DIR) / "tinystories"
+    shared = Path("../../shared/data/tinystories")  # the sample the results were measured on
+    bins_dir = Path(DATA_DIR) / ("tinystories-shared" if shared.exists() else "tinystories")
     if not bins_dir.exists():  # the local sample where it lies beside the checkout, else online
         data.prepare(str(shared) if shared.exists() else "tinystories", bins_dir)
     config_file, overrides = "../configs/tinystories_cpu.toml", [f'data.dir="{bins_dir}"']
@@ -184,7 +184,7 @@ assert probed[0] == probed[1] and probed[0]  # the same probes: the bars compare
 # warns about.
 #
 # One more number differs: the masked LM often trips the collapse alarm of chapter 04 (its
-# token RankMe falls to a small share of the width) while it learns. The alarm watches for a
+# token RankMe starts far under the line and climbs slowly) while it learns. The alarm watches for a
 # JEPA's failure, features crowding into a few directions with nothing pushing back; a masked
 # LM's features are pulled into the directions its token head reads, and need not spread. So
 # RankMe compares runs of one objective, not objectives with each other.
@@ -297,8 +297,8 @@ for name, (report,) in scored.items():
 # docs/results.md, each table written by the command above it, three seeds a model: on
 # tinytales, the default config (`default`) and the masked LM at its budget (`mlm`); on real
 # TinyStories at the CPU budget, this chapter's JEPA (`jepa`, `configs/tinystories_cpu.toml`)
-# and the masked LM (`mlm`). The results page also sets the JEPA recipe that comes closest
-# to the masked LM beside them; here, the two objectives this chapter trains:
+# and the masked LM (`mlm`). The results page also sets a JEPA variant beside them; here, the
+# two objectives this chapter trains:
 
 # %%
 def table(page: str, marker: str, rows: tuple[str, ...] = ()) -> str:
@@ -335,7 +335,7 @@ assert set(measured["real text"]) == {"jepa", "mlm"}
 # ## What the measurements say
 #
 # Read the two tables above with chapter 06's rule: a training gain under about 0.05 is noise,
-# and a probe counts as passed only when a model beats every baseline on it.
+# and a probe counts as passed only when a model beats every baseline on it by 0.05 or more.
 #
 # - **On real TinyStories at the CPU budget**, neither objective's training gain stands out
 #   of the noise, and neither passes a probe. What training adds shows on the probes a
@@ -351,8 +351,8 @@ assert set(measured["real text"]) == {"jepa", "mlm"}
 #   either, so that is not in the headline.
 # - **What predicting embeddings buys**, at the sizes tjepa has measured, is not yet anything
 #   a linear probe can see that a masked LM's features or a shortcut do not hold. Other
-#   targets, losses and students have been tried against the cap; docs/results.md reports the
-#   one that came closest to the masked LM, and the lab (docs/lab/) every one of them.
+#   targets and losses have been tried against the cap: docs/results.md says what they
+#   found.
 #
 # ## Summary
 #
@@ -371,8 +371,8 @@ assert set(measured["real text"]) == {"jepa", "mlm"}
 #   tokens).
 # - Baevski et al. 2022, *data2vec*: §3.3 (contextualized targets from the top blocks) and
 #   §5.3 (text).
-# - Huang, LeCun & Balestriero 2025, *LLM-JEPA*: §3 (a JEPA term beside a token loss, tjepa's
-#   `objective.name = "mlm+jepa"`).
+# - Huang, LeCun & Balestriero 2025, *LLM-JEPA*: §3 (a JEPA term beside a language model's
+#   token loss).
 # - Tay et al. 2022, *UL2*: §3.1 (the denoisers both objectives share here).
 #
 # ## Exercises

@@ -316,12 +316,14 @@ def prepare(
     max_documents: int | None = None,
     seed: int = 0,
     vocab: Vocabulary | None = None,
+    val: str | Path | None = None,
 ) -> dict:
     """Read ``source``, tokenize it and write a bins folder at ``out``; returns a summary.
 
     ``vocab``: a trained run's vocabulary (its ``vocab.json``) instead of one built from this
     corpus's training split, so that the run can read these bins (``--vocab-from RUN``);
-    tokens it never saw become the unseen id.
+    tokens it never saw become the unseen id. ``val``: a file (or folder) whose documents are
+    the validation split; all of ``source`` is then the training split.
     """
     out = Path(out)
     if out.exists() and not force:
@@ -329,6 +331,10 @@ def prepare(
     encoding = vocab.encoding_name if vocab is not None else encoding
     enc = get_encoding(encoding)
     corpus = read_corpus(source, max_documents, seed)
+    if val is not None:
+        held_out = read_corpus(str(val), seed=seed).splits
+        corpus.splits = {"train": corpus.splits["train"] + corpus.splits["val"],
+                         "val": held_out["train"] + held_out["val"]}
     for split, docs in corpus.splits.items():
         if not docs:
             raise DataError(f"{source}: the {split} split has no documents")
@@ -548,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-documents", type=int, default=None,
                         help="keep at most this many documents (tinytales: how many to generate)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the val split / tinytales")
+    parser.add_argument("--val", metavar="FILE",
+                        help="the validation split's documents (a file or folder); all of "
+                             "--source is then training text")
     parser.add_argument("--vocab-from", metavar="RUN",
                         help="tokenize with a trained run's vocabulary (its vocab.json), so "
                              "that python -m tjepa.eval RUN --data OUT can read the bins")
@@ -557,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         vocab = read_run_vocabulary(args.vocab_from) if args.vocab_from else None
         summary = prepare(args.source, args.out, args.encoding, args.force,
-                          args.max_documents, args.seed, vocab)
+                          args.max_documents, args.seed, vocab, args.val)
     except DataError as e:
         print(f"tjepa.data: error: {e}", file=sys.stderr)
         return 2

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="last (default), best (lowest validation loss) or a path")
     parser.add_argument("--no-token-probes", action="store_true",
                         help="the document probes only (the token probes' readout over the "
-                             "vocabulary is slow on real text); the semantic gain is unchanged")
+                             "vocabulary is slow on real text); the training gain is unchanged")
     parser.add_argument("--no-cache", action="store_true",
                         help="score the random-init twins and the text-only shortcuts again, "
                              "not from the bins folder's probe-cache/ (the same numbers)")
@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                              "gains; the encoders' scores stay, no checkpoint is read")
     parser.add_argument("--refresh", action="store_true",
                         help="rework each saved eval.json's kinds, headline and probes passed "
-                             "from its probe scores (an eval.json of an older tjepa); no "
+                             "from its probe scores (a report whose kinds or headline differ from "
+                             "this version's); no "
                              "probe is scored again")
     parser.add_argument("--saved", action="store_true",
                         help="with several runs: table their saved eval.json, probe nothing")

@@ -23,7 +23,7 @@ import sys
 import time
 import tomllib
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -335,7 +335,8 @@ def checkpoint_path(run_dir: str | Path, checkpoint: str | Path = "last") -> Pat
 
 def load_run(run_dir: str | Path, checkpoint: str | Path = "last", device: str = "cpu"
              ) -> tuple[Learner, RunConfig, data.Vocabulary]:
-    """A run's model (eval mode), RunConfig and vocabulary, from the run folder alone.
+    """A run's model (eval mode), RunConfig and vocabulary, from the run folder alone; a run
+    trained with flex_attention is read with SDPA (the same attention, and fast uncompiled).
 
     ``checkpoint``: ``last`` (the end of the run), ``best`` (the lowest validation loss) or a
     path. The model's ``checkpoint`` and ``checkpoint_step`` say which one it holds.
@@ -344,6 +345,8 @@ def load_run(run_dir: str | Path, checkpoint: str | Path = "last", device: str =
     if not (run_dir / "config.toml").is_file():
         raise RunError(f"{run_dir}: not a run folder (no config.toml)")
     config = load_config(run_dir / "config.toml")
+    if config.model.attention == "flex":  # the same function; uncompiled flex is slow
+        config = replace(config, model=replace(config.model, attention="sdpa"))
     path = checkpoint_path(run_dir, checkpoint)
     state = load_checkpoint(path, device)
     model = build_model(config)
