@@ -1,5 +1,6 @@
 #!/bin/bash
-# The GPU checks of issue 7 in one call of the device tool (it is not part of CI):
+# The throughput checks of the training step on a card, in one call of the device tool (it is
+# not part of CI). On a card, .ci/gpu_evidence.sh runs first; this one if time is left:
 #   run(command="bash .ci/gpu_check.sh", carry=[".whl", "data/sample"], timeout_s=520)
 # (its caps add up to 570 s: the last checks, the least needed, may be cut)
 # .whl holds the wheels that machine lacks (rotary-embedding-torch); data/sample the bins of

@@ -8,8 +8,8 @@
 #   run(command="bash .ci/gpu_evidence.sh", carry=[".whl", "data/tinystories-gpu", "data/pairs"],
 #       timeout_s=590)
 #
-# Made here first, once (the carried paths come to about 4.5 MiB with the working tree's
-# other files far under the 64 MiB limit; tests/test_gpu_evidence.py measures them):
+# Made here first, once (tests/test_gpu_evidence.py checks that they and the working tree fit
+# the device's 64 MiB):
 #   python -m tjepa.data --source ../shared/data/tinystories \
 #       --val ../shared/data/tinystories_valid_sample.txt --out data/tinystories-gpu
 #   python -m tjepa.minimal_pairs --source ../shared/data/tinystories_valid_sample.txt \
