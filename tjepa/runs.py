@@ -327,10 +327,13 @@ def throughput(records: list[dict]) -> tuple[float, float]:
 
 
 def checkpoint_path(run_dir: str | Path, checkpoint: str | Path = "last") -> Path:
-    """``last`` or ``best`` of a run folder, or any checkpoint file by its path."""
+    """``last`` or ``best`` of a run folder, or any checkpoint file by its path: a relative
+    path that names no file but one in the run folder is that one (``step-300.pt``)."""
     if str(checkpoint) in ("last", "best"):
         return Path(run_dir) / f"{checkpoint}.pt"
-    return Path(checkpoint)
+    path = Path(checkpoint)
+    inside = Path(run_dir) / path
+    return inside if not path.is_absolute() and not path.exists() and inside.exists() else path
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path = "last", device: str = "cpu"

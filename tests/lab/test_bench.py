@@ -168,3 +168,18 @@ def test_bench_table_reads_step_lines_from_a_log_and_writes_the_readme(tmp_path,
     assert "| 133 |" in slow
     with pytest.raises(SystemExit):  # a file with no step lines is an error
         bench.main(["table", str(readme)])
+
+
+def test_the_pairs_bench_times_a_whole_scoring_and_tables_it(tiny_run, tmp_path, capsys):
+    from tjepa import minimal_pairs
+
+    pairs = tmp_path / "pairs.jsonl"
+    assert minimal_pairs.main(["--source", "tinytales", "--out", str(pairs),
+                               "--per-paradigm", "5"]) == 0
+    page = tmp_path / "page.md"
+    page.write_text("<!-- bench-pairs:start -->\n<!-- bench-pairs:end -->\n")
+    assert bench.main(["pairs", str(tiny_run), "--pairs", str(pairs), "--readme",
+                       str(page)]) == 0
+    row = page.read_text().splitlines()[-2]
+    assert row.startswith("| cpu (") and "| tiny | jepa | 20 |" in row
+    assert (tiny_run / "pairs-pairs.json").is_file()

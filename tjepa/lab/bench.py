@@ -12,6 +12,10 @@ sweep over batch sizes prints one per batch, the last line being the last batch 
 
 sets the ``step`` JSON lines found in files (logs too: other lines are skipped) in a markdown
 table, one row per measurement; ``--readme`` writes it between the README's markers.
+
+    python -m tjepa.lab.bench pairs RUN [RUN ...] --pairs FILE [--readme PAGE --marker NAME]
+
+times ``python -m tjepa.pairs`` on each run, whole, and tables the seconds.
 """
 
 from __future__ import annotations
@@ -337,6 +341,28 @@ def read_results(paths: Sequence[str | Path]) -> list[dict]:
     return results
 
 
+def bench_pairs(run_dir: str | Path, pairs_file: str | Path, device: str = "cpu") -> dict:
+    """Time ``python -m tjepa.pairs`` on one run, whole: the run and its twin loaded, the
+    readout fitted, every sentence scored by the run, its twin and the n-grams."""
+    from tjepa import pairs
+
+    started = time.perf_counter()
+    report = pairs.score_run(run_dir, pairs_file, device=device, progress=False)
+    seconds = time.perf_counter() - started
+    return {"bench": "pairs", "run": Path(run_dir).name, "objective": report["objective"],
+            "pairs": report["pairs"], "seconds": round(seconds, 1),
+            "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+            "threads": torch.get_num_threads()}
+
+
+def pairs_table(results: list[dict]) -> str:
+    """``bench_pairs`` results as a markdown table, one row each."""
+    return markdown_table(
+        ["device (threads)", "run", "objective", "pairs", "seconds", "pairs/s"],
+        ([f"{r['device']} ({r['threads']})", r["run"], r["objective"], f"{r['pairs']:,}",
+          f"{r['seconds']:.1f}", f"{r['pairs'] / r['seconds']:.0f}"] for r in results))
+
+
 def _peak_flops(device: torch.device) -> float | None:
     """Dense bf16 peak of the card, for MFU; None on CPU or an unknown card."""
     if device.type != "cuda":
@@ -378,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     step.add_argument("--max-memory-gib", type=float, default=None,
                       help="CUDA: stop the sweep after a batch whose peak passes this")
     step.add_argument("--json", action="store_true")
+    timed = sub.add_parser("pairs", help="time python -m tjepa.pairs on runs")
+    timed.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    timed.add_argument("--pairs", required=True, help="BLiMP-format JSON lines")
+    timed.add_argument("--device", default="cpu")
+    timed.add_argument("--readme", help="write the table between this file's markers")
+    timed.add_argument("--marker", default="bench-pairs")
     table = sub.add_parser("table", help="set the step results of JSON-line files in a table")
     table.add_argument("files", nargs="+")
     table.add_argument("--readme", help="write the table between this file's markers")
@@ -385,6 +417,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="the markers' name: <!-- NAME:start --> … <!-- NAME:end -->")
     args = parser.parse_args(argv)
 
+    if args.what == "pairs":
+        text = pairs_table([bench_pairs(r, args.pairs, args.device) for r in args.run_dirs])
+        print(text)
+        if args.readme:
+            write_readme_table(args.readme, args.marker, text,
+                               command_line("tjepa.lab.bench", argv))
+        return 0
     if args.what == "table":
         results = read_results(args.files)
         if not results:
