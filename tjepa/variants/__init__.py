@@ -92,8 +92,8 @@ def check(config: RunConfig) -> None:
             f"or vicreg); under {o.anti_collapse!r} the context encoder makes the targets")
 
 
-# Objective keys and values tjepa no longer has, with the value that meant "off" (None: no
-# value of the key runs now). Recipe screens that no finding rests on; they ran at this commit.
+# Objective keys and losses tjepa no longer has (each key with the value that meant "off"):
+# recipe screens that no finding rests on, run at this commit.
 RETIRED_OBJECTIVE_KEYS = {"span_targets": "off", "target_centering": "off",
                           "document_weight": 0.0}
 RETIRED_LOSSES = ("l2", "cosine", "infonce")
