@@ -18,7 +18,7 @@ def test_the_shortcuts_table_shows_a_positional_bag_of_words_reading_swapped_hal
     head = rows.pop("probe")
     assert [h.split(": ")[1].strip(" |") for h in head] == [
         "length", "bag of words", "positional words"]
-    length, bag, positional = (float(v.strip(" |")) for v in rows["order:halves (semantic)"])
+    length, bag, positional = (float(v.strip(" |")) for v in rows["order:halves (story)"])
     # both versions hold the same tokens: only where they sit tells them apart
     assert abs(length - 0.5) < 0.15 and abs(bag - 0.5) < 0.15 and positional > 0.9
     assert shortcuts.main([str(tmp_path / "nowhere")]) == 1
