@@ -117,6 +117,14 @@ def test_the_builder_writes_every_paradigm_and_says_what_the_ngrams_can_read(tmp
     }
 
 
+def test_no_edit_fills_a_paradigm_and_one_of_a_number_is_not_the_pronoun():
+    texts = [f"One day, the dog {i} ran home. No one saw him." for i in range(40)]
+    records = minimal_pairs.build_pairs(texts, per_paradigm=100)
+    number = [r for r in records if r["UID"] == "determiner_number"]
+    assert len(number) == minimal_pairs.MAX_SAME_EDIT
+    assert all(r["sentence_bad"].startswith("Two day,") for r in number)
+
+
 def test_a_bag_of_words_scores_each_swapped_word_pair_exactly_as_its_twin(tinytales_bins):
     records = minimal_pairs.build_pairs(minimal_pairs.read_texts("tinytales"), 100)
     swaps = [r for r in records if r["UID"] == "word_swap"]
@@ -173,3 +181,13 @@ def test_the_command_refuses_a_malformed_file_in_one_line(tiny_run, tmp_path):
                              str(bad)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip() == f"tjepa.pairs: error: {bad}, line 1: no sentence_bad"
+
+
+def test_a_sweep_folder_stands_for_its_runs_variant_by_variant_seed_by_seed(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"variants": [
+        {"name": "jepa", "seeds": [0, 1]}, {"name": "mlm", "seeds": [0]}]}))
+    alone = tmp_path / "alone"
+    assert pairs.run_folders([sweep, alone]) == [
+        sweep / "jepa-seed0", sweep / "jepa-seed1", sweep / "mlm-seed0", alone]

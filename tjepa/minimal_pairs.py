@@ -13,8 +13,9 @@ plus ``"ngrams"``, what the n-gram baselines can read of it by construction:
 - ``agreement``: *she is* / *she are*, *the dogs were* / *the dogs was* (``is``/``are`` and
   ``was``/``were`` after a pronoun, or a determiner and its noun); the unigram reads which
   verb is commoner, the bigram the subject's last word beside its verb;
-- ``determiner_number``: *this dog* / *these dog*, *these dogs* / *this dogs*; the unigram
-  reads which determiner is commoner, the bigram the determiner beside its noun;
+- ``determiner_number``: *this dog* / *these dog*, *two dogs* / *one dogs* (``this``/``these``,
+  ``one``/``two``, ``many``); the unigram reads which determiner is commoner, the bigram the
+  determiner beside its noun;
 - ``article_a_an``: *a dog* / *an dog*, *an apple* / *a apple*; the unigram reads that *a*
   is commoner, the bigram the article beside its noun;
 - ``pronoun_case``: *She smiled* / *Her smiled*, *saw him.* / *saw he.*; both read the
@@ -23,6 +24,9 @@ plus ``"ngrams"``, what the n-gram baselines can read of it by construction:
   form is rare (and splits into more tokens);
 - ``word_swap``: two adjacent words swapped; the unigram reads nothing, the same words (a
   tie by construction), the bigram the order of neighbours.
+
+No edit (the words that differ and their neighbours) makes more than ``MAX_SAME_EDIT`` pairs
+of a paradigm, so that *One day* / *Two day* cannot fill one.
 
 So every paradigm but ``word_swap`` can be solved by a unigram model's word frequencies, and
 all of them by a bigram model's: a model must beat the bigram to show grammar a bigram does
@@ -36,6 +40,7 @@ import json
 import random
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +51,13 @@ AGREEING = (("is", "are"), ("was", "were"))  # the singular and the plural form
 NOT_NOUNS = {"is", "was", "are", "were", "will", "can", "could", "would", "should", "made",
              "time", "way", "and", "or", "but", "to", "too", "one", "ones", "very", "so",
              "all", "has", "had", "did", "does", "do", "be", "been", "just", "again"}
+# a determiner before a singular noun → one that needs a plural, and the other way round
+NUMBER_SWAP_SINGULAR = {"this": "these", "one": "two"}
+NUMBER_SWAP_PLURAL = {"these": "this", "two": "one", "three": "one", "many": "one"}
+PRONOUN_ONE = {"no", "every", "some", "any", "the", "each", "that", "this", "which"}  # "no one"
+NOT_NOUNS |= {"of", "more", "last", "by", "little", "big", "small", "other", "another",
+              "who", "that", "which", "at", "in", "on", "for", "with", "after", "thing"}
+MAX_SAME_EDIT = 20  # pairs of a paradigm that may share one edit
 IRREGULAR = {"went": "goed", "ran": "runned", "came": "comed", "ate": "eated",
              "found": "finded", "made": "maked", "took": "taked", "gave": "gived",
              "told": "telled", "felt": "feeled", "said": "sayed", "got": "getted",
@@ -110,14 +122,17 @@ def _agreement(sentence: str, rng: random.Random) -> str | None:
 def _determiner_number(sentence: str, rng: random.Random) -> str | None:
     def make(m: re.Match) -> str | None:
         determiner, noun = m[1], m[2]
-        if noun in NOT_NOUNS or not noun.isalpha():
+        before = m.string[:m.start()].split()[-1:]
+        if noun in NOT_NOUNS or not noun.isalpha() or noun.endswith(("ss", "us", "is")) \
+                or before and before[0].lower() in PRONOUN_ONE:
             return None
-        if determiner.lower() == "this" and not noun.endswith("s"):
-            return f"{'These' if determiner[0].isupper() else 'these'} {noun}"
-        if determiner.lower() == "these" and noun.endswith("s"):
-            return f"{'This' if determiner[0].isupper() else 'this'} {noun}"
-        return None
-    return _swap_one(sentence, r"\b([Tt]his|[Tt]hese) ([a-z]+)\b", make, rng)
+        plural = noun.endswith("s")
+        swapped = (NUMBER_SWAP_PLURAL if plural else NUMBER_SWAP_SINGULAR).get(determiner.lower())
+        if swapped is None:
+            return None
+        return f"{swapped.capitalize() if determiner[0].isupper() else swapped} {noun}"
+    words = "|".join(sorted({*NUMBER_SWAP_SINGULAR, *NUMBER_SWAP_PLURAL}))
+    return _swap_one(sentence, rf"\b((?i:{words})) ([a-z]+)\b", make, rng)
 
 
 def _article(sentence: str, rng: random.Random) -> str | None:
@@ -169,23 +184,39 @@ PARADIGMS: dict[str, tuple[Callable[[str, random.Random], str | None], dict[str,
 
 def build_pairs(texts: list[str], per_paradigm: int = 300, seed: int = 0) -> list[dict]:
     """Up to ``per_paradigm`` pairs of each paradigm from the sentences of ``texts``, each
-    sentence used once per paradigm, in a seeded order."""
+    sentence used once per paradigm, in a seeded order, and no edit more than
+    ``MAX_SAME_EDIT`` times a paradigm."""
     rng = random.Random(seed)
     pool = [s for text in texts for s in sentences(text)]
     rng.shuffle(pool)
     records = []
     for name, (rule, ngrams) in PARADIGMS.items():
-        made = 0
+        made, edits = 0, Counter()
         for sentence in pool:
             bad = rule(sentence, rng)
             if bad is None or bad == sentence:
                 continue
+            edit = _edit(sentence, bad)
+            if edits[edit] == MAX_SAME_EDIT:
+                continue
+            edits[edit] += 1
             records.append({"sentence_good": sentence, "sentence_bad": bad, "UID": name,
                             "field": "tjepa", "ngrams": ngrams})
             made += 1
             if made == per_paradigm:
                 break
     return records
+
+
+def _edit(good: str, bad: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The words that differ between two sentences of one pair and a word either side of
+    them, lower-cased and without punctuation: what the pair tests, where."""
+    a, b = (re.sub(r"[^\w ]", "", text.lower()).split(" ") for text in (good, bad))
+    short = min(len(a), len(b))
+    start = next((i for i in range(short) if a[i] != b[i]), short)
+    end = next((i for i in range(short - start) if a[-1 - i] != b[-1 - i]), short - start)
+    start, end = max(start - 1, 0), max(end - 1, 0)
+    return tuple(a[start:len(a) - end]), tuple(b[start:len(b) - end])
 
 
 def read_texts(source: str) -> list[str]:

@@ -1,6 +1,6 @@
 """Grammar, zero-shot: minimal pairs scored by a run's own loss, beside n-gram baselines.
 
-    python -m tjepa.pairs RUN --pairs FILE.jsonl [--checkpoint PATH] [--json]
+    python -m tjepa.pairs RUN [RUN ...] --pairs FILE.jsonl [--checkpoint PATH] [--json]
     python -m tjepa.pairs RUN [RUN ...] --pairs FILE.jsonl --saved [--readme PAGE --marker NAME]
     python -m tjepa.pairs RUN [RUN ...] --pairs FILE.jsonl --saved --curve [--readme ...]
 
@@ -24,7 +24,8 @@ run's random-init twin, unigram and bigram models of the run's training bins (ad
 same pairs, and the share of the pairs' tokens the run's vocabulary never saw.
 
 Writes ``pairs-<file>.json`` into the run folder (``pairs-<file>@<checkpoint>.json`` for a
-checkpoint other than ``last``); ``--saved`` tables the saved reports of several runs, their
+checkpoint other than ``last``). A sweep's folder (one holding ``sweep.json``) stands for its
+runs, variant by variant and seed by seed. ``--saved`` tables the saved reports of several runs, their
 seeds (``NAME-seedK``) averaged, and ``--curve`` their overall accuracy at each saved
 checkpoint.
 """
@@ -312,6 +313,20 @@ def run_table(report: dict) -> str:
                            "unigram", "bigram"], rows)
 
 
+def run_folders(paths: list[Path]) -> list[Path]:
+    """The run folders named: a sweep's folder (one holding ``sweep.json``) stands for its
+    runs, variant by variant, seed by seed, as ``python -m tjepa.lab.sweep`` recorded them."""
+    found = []
+    for path in paths:
+        sweep = path / "sweep.json"
+        if sweep.is_file():
+            found += [path / f"{v['name']}-seed{s}"
+                      for v in json.loads(sweep.read_text())["variants"] for s in v["seeds"]]
+        else:
+            found.append(path)
+    return found
+
+
 def variant_of(run_dir: Path) -> str:
     """A run folder's variant: its name without the ``-seedK`` of a sweep."""
     return re.sub(r"-seed\d+$", "", Path(run_dir).name)
@@ -387,7 +402,8 @@ def _fmt(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tjepa.pairs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    parser.add_argument("run_dirs", nargs="+", metavar="run_dir",
+                        help="run folders, or a sweep's folder for all its runs")
     parser.add_argument("--pairs", required=True, help="BLiMP-format JSON lines")
     parser.add_argument("--checkpoint", default="last",
                         help="last (default), best, or a checkpoint's path (e.g. step-300.pt)")
@@ -406,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.readme or args.curve) and not args.saved:
         parser.error("--readme and --curve table saved reports: add --saved")
-    run_dirs, pairs_file = [Path(r) for r in args.run_dirs], Path(args.pairs)
+    run_dirs, pairs_file = run_folders([Path(r) for r in args.run_dirs]), Path(args.pairs)
     try:
         if args.saved:
             table = (curve_table(run_dirs, pairs_file) if args.curve else
