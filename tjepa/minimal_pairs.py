@@ -25,8 +25,10 @@ plus ``"ngrams"``, what the n-gram baselines can read of it by construction:
 - ``word_swap``: two adjacent words swapped; the unigram reads nothing, the same words (a
   tie by construction), the bigram the order of neighbours.
 
-No edit (the words that differ and their neighbours) makes more than ``MAX_SAME_EDIT`` pairs
-of a paradigm, so that *One day* / *Two day* cannot fill one.
+No edit in one place (the words that differ and the word after them) makes more than
+``MAX_SAME_EDIT`` pairs of a paradigm, so that *One day* / *Two day* cannot fill one, and no
+change of words (*a* → *an*) more than half of it, so that *an* → *a* and *were* → *was*
+count too.
 
 So every paradigm but ``word_swap`` can be solved by a unigram model's word frequencies, and
 all of them by a bigram model's: a model must beat the bigram to show grammar a bigram does
@@ -54,26 +56,34 @@ NOT_NOUNS = {"is", "was", "are", "were", "will", "can", "could", "would", "shoul
 # a determiner before a singular noun → one that needs a plural, and the other way round
 NUMBER_SWAP_SINGULAR = {"this": "these", "one": "two"}
 NUMBER_SWAP_PLURAL = {"these": "this", "two": "one", "three": "one", "many": "one"}
-PRONOUN_ONE = {"no", "every", "some", "any", "the", "each", "that", "this", "which"}  # "no one"
+PRONOUN_ONE = {"no", "every", "some", "any", "the", "each", "that", "this", "which", "only",
+               "just"}  # "no one", "the only two"
+SUBJUNCTIVE = {"if", "wish", "though", "as"}
+COLLECTIVE = {"family", "team", "class", "group", "crowd"}  # "the family were" is English too
 NOT_NOUNS |= {"of", "more", "last", "by", "little", "big", "small", "other", "another",
               "who", "that", "which", "at", "in", "on", "for", "with", "after", "thing"}
+AUXILIARIES = {"had", "has", "have", "was", "were", "be", "been", "is", "are"}
+MOVABLE = {"often", "always", "also", "all", "never", "just", "still", "then", "there", "too",
+           "soon", "now", "together", "again"}  # adverbs that may stand on either side
 MAX_SAME_EDIT = 20  # pairs of a paradigm that may share one edit
 IRREGULAR = {"went": "goed", "ran": "runned", "came": "comed", "ate": "eated",
              "found": "finded", "made": "maked", "took": "taked", "gave": "gived",
              "told": "telled", "felt": "feeled", "said": "sayed", "got": "getted",
              "thought": "thinked", "caught": "catched", "flew": "flyed", "swam": "swimmed",
              "drew": "drawed", "knew": "knowed", "held": "holded", "sat": "sitted",
-             "fell": "falled", "saw": "seed", "began": "beginned", "brought": "bringed"}
+             "fell": "falled", "began": "beginned", "brought": "bringed"}
 MIN_WORDS, MAX_WORDS = 4, 24
+QUOTE = re.compile(r"[\"“”‘]|(^|\s)'|'(\s|$)")  # quotes, but not the apostrophe of "dog's"
 WORD = re.compile(r"[a-z]+")
 
 
 def sentences(text: str) -> list[str]:
     """A text's sentences: cut after . ! or ? (and a closing quote), on one line, of
-    ``MIN_WORDS`` to ``MAX_WORDS`` words; quoted speech left out (its punctuation would move)."""
+    ``MIN_WORDS`` to ``MAX_WORDS`` words; quoted speech left out (its punctuation would move),
+    each sentence once."""
     found = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
-    return [s for s in found if MIN_WORDS <= len(s.split()) <= MAX_WORDS
-            and s[0].isupper() and s[-1] in ".!?" and not re.search("[\"“”]", s)]
+    return [s for s in dict.fromkeys(found) if MIN_WORDS <= len(s.split()) <= MAX_WORDS
+            and s[0].isupper() and s[-1] in ".!?" and not re.search(QUOTE, s)]
 
 
 def _swap_one(sentence: str, pattern: str, make: Callable[[re.Match], str | None],
@@ -99,7 +109,7 @@ def _number(subject: str) -> str | None:
         return "singular"
     if determiner in ("these", "those"):
         return "plural"
-    if noun in NOT_NOUNS or noun.endswith(("ss", "us", "is")):
+    if noun in NOT_NOUNS or noun in COLLECTIVE or noun.endswith(("ss", "us", "is")):
         return None
     return "plural" if noun.endswith("s") else "singular"
 
@@ -107,6 +117,8 @@ def _number(subject: str) -> str | None:
 def _agreement(sentence: str, rng: random.Random) -> str | None:
     def make(m: re.Match) -> str | None:
         subject, found = m[1], m[2]
+        if SUBJUNCTIVE & set(m.string[:m.start()].lower().split()[-3:]):
+            return None  # "if she were", "as it were"
         singular, plural = next(pair for pair in AGREEING if found in pair)
         number = _number(subject)
         if number == "singular" and found == singular:
@@ -154,6 +166,9 @@ def _pronoun_case(sentence: str, rng: random.Random) -> str | None:
 
 def _irregular_past(sentence: str, rng: random.Random) -> str | None:
     def make(m: re.Match) -> str | None:
+        before = m.string[:m.start()].lower().split()[-1:]
+        if before and before[0] in AUXILIARIES:
+            return None  # "had made", "was made": a participle, not the past
         return IRREGULAR.get(m[0])
     return _swap_one(sentence, r"\b[a-z]+\b", make, rng)
 
@@ -163,7 +178,9 @@ def _word_swap(sentence: str, rng: random.Random) -> str | None:
     # neither the first word (its capital) nor one that carries punctuation moves
     places = [i for i in range(1, len(words) - 1)
               if WORD.fullmatch(words[i]) and WORD.fullmatch(words[i + 1])
-              and words[i] != words[i + 1]]
+              and words[i] != words[i + 1]
+              and not {words[i], words[i + 1]} & MOVABLE
+              and not (words[i].endswith("ly") or words[i + 1].endswith("ly"))]
     if not places:
         return None
     i = rng.choice(places)
@@ -184,22 +201,23 @@ PARADIGMS: dict[str, tuple[Callable[[str, random.Random], str | None], dict[str,
 
 def build_pairs(texts: list[str], per_paradigm: int = 300, seed: int = 0) -> list[dict]:
     """Up to ``per_paradigm`` pairs of each paradigm from the sentences of ``texts``, each
-    sentence used once per paradigm, in a seeded order, and no edit more than
-    ``MAX_SAME_EDIT`` times a paradigm."""
+    sentence used once per paradigm, in a seeded order: no edit in one place more than
+    ``MAX_SAME_EDIT`` times, no change of words (*a* → *an*) more than half the pairs."""
     rng = random.Random(seed)
-    pool = [s for text in texts for s in sentences(text)]
+    pool = list(dict.fromkeys(s for text in texts for s in sentences(text)))
     rng.shuffle(pool)
     records = []
     for name, (rule, ngrams) in PARADIGMS.items():
-        made, edits = 0, Counter()
+        made, edits, changes = 0, Counter(), Counter()
         for sentence in pool:
             bad = rule(sentence, rng)
             if bad is None or bad == sentence:
                 continue
-            edit = _edit(sentence, bad)
-            if edits[edit] == MAX_SAME_EDIT:
+            change, edit = _edit(sentence, bad)
+            if edits[edit] == MAX_SAME_EDIT or changes[change] == per_paradigm // 2:
                 continue
             edits[edit] += 1
+            changes[change] += 1
             records.append({"sentence_good": sentence, "sentence_bad": bad, "UID": name,
                             "field": "tjepa", "ngrams": ngrams})
             made += 1
@@ -208,15 +226,20 @@ def build_pairs(texts: list[str], per_paradigm: int = 300, seed: int = 0) -> lis
     return records
 
 
-def _edit(good: str, bad: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The words that differ between two sentences of one pair and a word either side of
-    them, lower-cased and without punctuation: what the pair tests, where."""
+Words = tuple[str, ...]
+
+
+def _edit(good: str, bad: str) -> tuple[tuple[Words, Words], tuple[Words, Words]]:
+    """What a pair changes — the words that differ, lower-cased and without punctuation — and
+    where: the change with the word after it (before it, at the end of the sentence)."""
     a, b = (re.sub(r"[^\w ]", "", text.lower()).split(" ") for text in (good, bad))
     short = min(len(a), len(b))
     start = next((i for i in range(short) if a[i] != b[i]), short)
     end = next((i for i in range(short - start) if a[-1 - i] != b[-1 - i]), short - start)
-    start, end = max(start - 1, 0), max(end - 1, 0)
-    return tuple(a[start:len(a) - end]), tuple(b[start:len(b) - end])
+    change = tuple(a[start:len(a) - end]), tuple(b[start:len(b) - end])
+    if end > 0:
+        return change, (change[0] + (a[-end],), change[1] + (b[-end],))
+    return change, (tuple(a[max(start - 1, 0):]), tuple(b[max(start - 1, 0):]))
 
 
 def read_texts(source: str) -> list[str]:
