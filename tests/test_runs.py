@@ -18,6 +18,8 @@ from tjepa.lab.sweep import saved_variants
 ROOT = Path(__file__).resolve().parents[1]
 LEVERS = ROOT / "docs/runs/levers"  # the real-text runs' records that the docs' tables read
 TINYTALES = ROOT / "docs/runs/tinytales"  # the tinytales runs' records
+PAIRS = ROOT / "docs/runs/pairs"  # the real-text runs scored on minimal pairs
+KEPT = "train.keep_steps=[150, 300, 600]"  # the pairs runs kept these checkpoints besides
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -88,7 +90,8 @@ def test_every_recorded_run_trained_its_sweeps_config_with_its_overrides():
     # the docs' commands name these config files: a change to one that the runs kept in
     # docs/runs did not train must fail here
     for records, config_file in ((LEVERS, "configs/tinystories_cpu.toml"),
-                                 (TINYTALES, "configs/default.toml")):
+                                 (TINYTALES, "configs/default.toml"),
+                                 (PAIRS, "configs/tinystories_cpu.toml")):
         recorded = saved_variants(records)
         assert recorded and {v["config"] for v in recorded} == {config_file}
         for variant in recorded:
@@ -98,21 +101,25 @@ def test_every_recorded_run_trained_its_sweeps_config_with_its_overrides():
                 assert recorded_config(variant["config"], overrides, saved) == saved, variant
 
 
-@pytest.mark.parametrize(("records", "variant", "config_file"), [
-    (LEVERS, "jepa", "configs/tinystories_cpu.toml"),
-    (LEVERS, "ibot-embed", "configs/recipes/ibot_embedding.toml"),
-    (LEVERS, "mlm", "configs/recipes/masked_lm.toml"),
-    (TINYTALES, "default", "configs/default.toml"),
-    (TINYTALES, "mlm", "configs/recipes/masked_lm_tinytales.toml"),
+@pytest.mark.parametrize(("records", "variant", "config_file", "overrides"), [
+    (LEVERS, "jepa", "configs/tinystories_cpu.toml", []),
+    (LEVERS, "ibot-embed", "configs/recipes/ibot_embedding.toml", []),
+    (LEVERS, "mlm", "configs/recipes/masked_lm.toml", []),
+    (TINYTALES, "default", "configs/default.toml", []),
+    (TINYTALES, "mlm", "configs/recipes/masked_lm_tinytales.toml", []),
+    (PAIRS, "jepa", "configs/tinystories_cpu.toml", [KEPT]),
+    (PAIRS, "ibot-embed", "configs/recipes/ibot_embedding.toml", [KEPT]),
+    (PAIRS, "mlm", "configs/recipes/masked_lm.toml", [KEPT]),
 ])
 def test_each_reported_config_is_the_one_its_recorded_runs_trained(records, variant,
-                                                                   config_file):
+                                                                   config_file, overrides):
     # docs/results.md reports these config files by these runs, three seeds each
     seeds = next(v["seeds"] for v in saved_variants(records) if v["name"] == variant)
     assert len(seeds) >= 3
     for seed in seeds:
         saved = runs.load_config(records / f"{variant}-seed{seed}/config.toml")
-        assert recorded_config(config_file, [f"train.seed={seed}"], saved) == saved
+        wanted = recorded_config(config_file, [*overrides, f"train.seed={seed}"], saved)
+        assert wanted == saved
 
 
 def test_a_recipe_names_only_what_it_changes_over_its_base(tmp_path):

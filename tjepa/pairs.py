@@ -25,9 +25,9 @@ same pairs, and the share of the pairs' tokens the run's vocabulary never saw.
 
 Writes ``pairs-<file>.json`` into the run folder (``pairs-<file>@<checkpoint>.json`` for a
 checkpoint other than ``last``). A sweep's folder (one holding ``sweep.json``) stands for its
-runs, variant by variant and seed by seed. ``--saved`` tables the saved reports of several runs, their
-seeds (``NAME-seedK``) averaged, and ``--curve`` their overall accuracy at each saved
-checkpoint.
+runs, variant by variant and seed by seed. ``--saved`` tables the saved reports of several
+runs, their seeds (``NAME-seedK``) averaged, and ``--curve`` their overall accuracy at each
+saved checkpoint.
 """
 
 from __future__ import annotations
@@ -347,8 +347,8 @@ def saved_reports(run_dirs: list[Path], pairs_file: Path, checkpoint: str = "las
 
 def variants_table(reports: dict[str, list[dict]]) -> str:
     """Variants side by side, their seeds averaged: each paradigm's accuracy by the run's own
-    score (readout score in brackets), then random init (the first variant's twins) and the
-    n-grams. A cell with several seeds reads ``mean ± std``."""
+    score (readout score in brackets) and the n-grams', then each variant's random-init twins
+    overall. A cell with several seeds reads ``mean ± std``."""
     first = next(iter(reports.values()))
     names = list(first[0]["paradigms"])
 
@@ -368,13 +368,12 @@ def variants_table(reports: dict[str, list[dict]]) -> str:
             row.append(f"{own} ({read})")
         base = first[0]["baselines"] if name is None else {
             k: v[name] for k, v in first[0]["baseline_paradigms"].items()}
-        twins = [r["baselines"]["random_init"] if name is None else
-                 r["baseline_paradigms"]["random_init"][name] for r in first]
-        row += [cell(twins), f"{base['unigram']:.3f}", f"{base['bigram']:.3f}"]
-        rows.append(row)
+        rows.append([*row, f"{base['unigram']:.3f}", f"{base['bigram']:.3f}"])
+    rows.append(["*random init*, overall", "",
+                 *(cell([r["baselines"]["random_init"] for r in runs])
+                   for runs in reports.values()), "", ""])
     head = ["paradigm", "pairs", *(f"{v} ({reports[v][0]['score']}; readout)"
-                                   for v in reports),
-            f"random init (with {next(iter(reports))})", "unigram", "bigram"]
+                                   for v in reports), "unigram", "bigram"]
     return markdown_table(head, rows)
 
 
