@@ -260,11 +260,11 @@ pairs_file.write_text("".join(json.dumps(r) + "\n" for r in records))
 example = next(r for r in records if r["UID"] == "agreement")
 energies = {}
 for label, key in (("grammatical", "sentence_good"), ("ungrammatical", "sentence_bad")):
-    ids = vocab.encode(example[key]).astype(np.int64)
+    ids = pairs.encode(vocab, example[key])
     energies[label] = (vocab.decode_tokens(ids), pairs.token_scores(jepa, ids).tolist())
 plot.energy_figure(energies);
 summed = pairs.sentence_scores(pairs.view_losses(jepa), [
-    vocab.encode(example[k]).astype(np.int64) for k in ("sentence_good", "sentence_bad")])
+    pairs.encode(vocab, example[k]) for k in ("sentence_good", "sentence_bad")])
 assert np.allclose([sum(e) for _, e in energies.values()], summed[:, 0], rtol=1e-5)
 
 # %% [markdown]
@@ -281,7 +281,7 @@ scored = {name: [pairs.score_run(Path(OUT) / name, pairs_file, progress=not SMOK
 display(Markdown(pairs.variants_table(scored)))
 for name, (report,) in scored.items():
     assert 0 <= report["overall"] <= 1 and set(report["baselines"]) == {
-        "random_init", "unigram", "bigram"}
+        "random_init", "length", "unigram", "bigram"}
     print(f"{name}: {report['overall']:.3f} against the bigram's "
           f"{report['baselines']['bigram']:.3f}")
 
@@ -438,8 +438,8 @@ texts = minimal_pairs.read_texts(source)
 built = [(s, drop_article(s, random.Random(0))) for t in texts
          for s in minimal_pairs.sentences(t)]
 built = [(good, bad) for good, bad in built if bad is not None][:50]
-good_ids = [vocab.encode(g).astype(np.int64) for g, _ in built]
-bad_ids = [vocab.encode(b).astype(np.int64) for _, b in built]
+good_ids = [pairs.encode(vocab, g) for g, _ in built]
+bad_ids = [pairs.encode(vocab, b) for _, b in built]
 energy = pairs.sentence_scores(pairs.view_losses(jepa), good_ids + bad_ids)[:, 0]
 ngrams = pairs.NGrams(bins.split("train"), first.model.vocab_size)
 unigram = np.array([ngrams.unigram_score(s) for s in good_ids + bad_ids])

@@ -159,7 +159,7 @@ def test_the_command_scores_a_run_its_twin_and_the_ngrams_and_prints_json_last(
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"overall", "readout_overall", "paradigms", "baselines",
             "unseen_token_share"} <= set(report)
-    assert set(report["baselines"]) == {"random_init", "unigram", "bigram"}
+    assert set(report["baselines"]) == {"random_init", "length", "unigram", "bigram"}
     assert report["score"] == ("energy" if objective == "jepa" else "pseudo-likelihood")
     assert report["overall"] == pytest.approx(np.mean(list(report["paradigms"].values())),
                                               abs=1e-4)

@@ -20,8 +20,10 @@ readout fitted on what the run holds at hidden positions of its own training tex
 (``Learner.losses_and_states``), so that a JEPA and a masked LM are also read through the
 same kind of head. A pair is right when the grammatical sentence scores lower; a tie counts one
 half. Accuracy is reported per paradigm and overall (the mean over paradigms), with the
-run's random-init twin, unigram and bigram models of the run's training bins (add-k) on the
-same pairs, and the share of the pairs' tokens the run's vocabulary never saw.
+run's random-init twin, the rule "the sentence of fewer tokens wins" (every score here is a
+sum over tokens), unigram and bigram models of the run's training bins (add-k) on the same
+pairs, and the share of the pairs' tokens the run's vocabulary never saw. Each sentence is
+tokenized as it stands inside a story, after a space (``encode``).
 
 Writes ``pairs-<file>.json`` into the run folder (``pairs-<file>@<checkpoint>.json`` for a
 checkpoint other than ``last``). A sweep's folder (one holding ``sweep.json``) stands for its
@@ -57,6 +59,7 @@ READOUT_FLOOR = 1e-3  # the readout's weight on a uniform word: a word it never 
 READOUT_POSITIONS = 20_000  # hidden positions of the training text the readout is fitted on
 VIEWS_PER_BATCH = 2048  # hidden tokens scored in one forward pass
 TIE = dict(rtol=1e-7, atol=1e-9)  # two scores this close count as a tie
+BASELINES = ("random_init", "length", "unigram", "bigram")  # "length": the shorter one wins
 
 
 class PairsError(ValueError):
@@ -100,6 +103,12 @@ def read_pairs(path: str | Path) -> list[Pair]:
 
 
 # --- scoring ---------------------------------------------------------------------------------
+
+
+def encode(vocab: data.Vocabulary, sentence: str) -> np.ndarray:
+    """A sentence's token ids as it would stand inside a story, after a space: a story's
+    sentences but its first are written so, and BPE gives *She* and * She* different ids."""
+    return vocab.encode(" " + sentence.strip()).astype(np.int64)
 
 
 @torch.no_grad()
@@ -242,8 +251,8 @@ def score_run(run_dir: str | Path, pairs_file: str | Path, checkpoint: str | Pat
     pairs = read_pairs(pairs_file)
     model, config, vocab = load_run(run_dir, checkpoint, device)
     bins = data.TokenBins(config.data.dir)
-    good = [vocab.encode(p.good).astype(np.int64) for p in pairs]
-    bad = [vocab.encode(p.bad).astype(np.int64) for p in pairs]
+    good = [encode(vocab, p.good) for p in pairs]
+    bad = [encode(vocab, p.bad) for p in pairs]
     short = next((i for i, s in enumerate(good + bad) if len(s) < 2), None)
     if short is not None:
         pair = pairs[short % len(pairs)]
@@ -265,6 +274,7 @@ def score_run(run_dir: str | Path, pairs_file: str | Path, checkpoint: str | Pat
                                           "random init")[:, 0])
     ngrams = NGrams(bins.split("train"), config.model.vocab_size)
     unigram = accuracies(np.array([ngrams.unigram_score(s) for s in sentences]))
+    length = accuracies(np.array([len(s) for s in sentences], dtype=np.float64))
     bigram = accuracies(np.array([ngrams.bigram_score(s) for s in sentences]))
     read = accuracies(scores[:, 1]) if readout else None
     report = {
@@ -275,9 +285,10 @@ def score_run(run_dir: str | Path, pairs_file: str | Path, checkpoint: str | Pat
         "overall": overall(own), "paradigms": own,
         "readout_overall": overall(read) if read else None, "readout_paradigms": read,
         "counts": {name: paradigms.count(name) for name in own},
-        "baselines": {"random_init": overall(twin_own), "unigram": overall(unigram),
-                      "bigram": overall(bigram)},
-        "baseline_paradigms": {"random_init": twin_own, "unigram": unigram, "bigram": bigram},
+        "baselines": {"random_init": overall(twin_own), "length": overall(length),
+                      "unigram": overall(unigram), "bigram": overall(bigram)},
+        "baseline_paradigms": {"random_init": twin_own, "length": length, "unigram": unigram,
+                               "bigram": bigram},
         "unseen_token_share": round(float(np.mean(np.concatenate(sentences) ==
                                                   data.UNKNOWN_ID)), 4),
     }
@@ -297,20 +308,19 @@ def report_path(run_dir: Path, pairs_file: Path, checkpoint: str | Path = "last"
 
 def run_table(report: dict) -> str:
     """One run's report as a table: each paradigm (and the overall mean over paradigms) with
-    the run's own score, its readout score, random init and the n-grams."""
+    the run's own score, its readout score, random init, the shorter sentence and the
+    n-grams."""
     rows = []
     base = report["baseline_paradigms"]
     readout = report["readout_paradigms"] or {}
     for name, value in report["paradigms"].items():
         rows.append([name, str(report["counts"][name]), f"{value:.3f}",
-                     _fmt(readout.get(name)), f"{base['random_init'][name]:.3f}",
-                     f"{base['unigram'][name]:.3f}", f"{base['bigram'][name]:.3f}"])
+                     _fmt(readout.get(name)), *(f"{base[k][name]:.3f}" for k in BASELINES)])
     rows.append(["**overall** (mean over paradigms)", str(report["pairs"]),
                  f"**{report['overall']:.3f}**", _fmt(report["readout_overall"]),
-                 *(f"{report['baselines'][k]:.3f}" for k in ("random_init", "unigram",
-                                                              "bigram"))])
+                 *(f"{report['baselines'][k]:.3f}" for k in BASELINES)])
     return markdown_table(["paradigm", "pairs", report["score"], "readout", "random init",
-                           "unigram", "bigram"], rows)
+                           "fewer tokens", "unigram", "bigram"], rows)
 
 
 def run_folders(paths: list[Path]) -> list[Path]:
@@ -348,9 +358,15 @@ def saved_reports(run_dirs: list[Path], pairs_file: Path, checkpoint: str = "las
 def variants_table(reports: dict[str, list[dict]]) -> str:
     """Variants side by side, their seeds averaged: each paradigm's accuracy by the run's own
     score (readout score in brackets) and the n-grams', then each variant's random-init twins
-    overall. A cell with several seeds reads ``mean ± std``."""
+    overall. A cell with several seeds reads ``mean ± std`` (the population std over seeds)."""
     first = next(iter(reports.values()))
     names = list(first[0]["paradigms"])
+    text_only = ("length", "unigram", "bigram")  # the same for runs on the same text and pairs
+    if any({k: r["baselines"][k] for k in text_only} !=
+           {k: first[0]["baselines"][k] for k in text_only}
+           for runs in reports.values() for r in runs):
+        raise RunError("the runs' n-gram baselines differ: they trained on different text or "
+                       "scored different pairs; table them apart")
 
     def cell(values: list[float | None]) -> str:
         if None in values:
@@ -368,12 +384,12 @@ def variants_table(reports: dict[str, list[dict]]) -> str:
             row.append(f"{own} ({read})")
         base = first[0]["baselines"] if name is None else {
             k: v[name] for k, v in first[0]["baseline_paradigms"].items()}
-        rows.append([*row, f"{base['unigram']:.3f}", f"{base['bigram']:.3f}"])
+        rows.append([*row, *(f"{base[k]:.3f}" for k in text_only)])
     rows.append(["*random init*, overall", "",
                  *(cell([r["baselines"]["random_init"] for r in runs])
-                   for runs in reports.values()), "", ""])
+                   for runs in reports.values()), "", "", ""])
     head = ["paradigm", "pairs", *(f"{v} ({reports[v][0]['score']}; readout)"
-                                   for v in reports), "unigram", "bigram"]
+                                   for v in reports), "fewer tokens", "unigram", "bigram"]
     return markdown_table(head, rows)
 
 
@@ -382,9 +398,10 @@ def curve_table(run_dirs: list[Path], pairs_file: Path) -> str:
     report for, the steps as rows and the runs as columns."""
     by_run = {}
     for run_dir in run_dirs:
-        found = sorted(Path(run_dir).glob(f"pairs-{pairs_file.stem}*.json"))
-        by_run[Path(run_dir).name] = {json.loads(p.read_text())["step"]: json.loads(
-            p.read_text()) for p in found}
+        found = [Path(run_dir) / f"pairs-{pairs_file.stem}.json",
+                 *sorted(Path(run_dir).glob(f"pairs-{pairs_file.stem}@*.json"))]
+        reports = [json.loads(p.read_text()) for p in found if p.is_file()]
+        by_run[Path(run_dir).name] = {r["step"]: r for r in reversed(reports)}  # last wins
         if not by_run[Path(run_dir).name]:
             raise RunError(f"{run_dir}: no pairs-{pairs_file.stem}*.json to draw a curve from")
     steps = sorted({s for found in by_run.values() for s in found})
