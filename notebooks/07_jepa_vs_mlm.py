@@ -245,7 +245,8 @@ print("predicted:", "".join(example["predicted"])[:150])
 # training on the task. `python -m tjepa.minimal_pairs` builds such pairs by rule from a
 # corpus's held-out stories (subject–verb agreement, *a*/*an*, irregular pasts, two adjacent
 # words swapped, …), and `python -m tjepa.pairs RUN --pairs FILE` scores a run on them, beside
-# its random-init twin and unigram and bigram models of its training text. Here is one pair
+# its random-init twin, the rule "the sentence of fewer tokens wins" and unigram and bigram
+# models of its training text. Here is one pair
 # under the chapter's JEPA, the energy at each token drawn for both sentences:
 
 # %%

@@ -233,9 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                              "gains; the encoders' scores stay, no checkpoint is read")
     parser.add_argument("--refresh", action="store_true",
                         help="rework each saved eval.json's kinds, headline and probes passed "
-                             "from its probe scores (a report whose kinds or headline differ from "
-                             "this version's); no "
-                             "probe is scored again")
+                             "from its probe scores (a report whose kinds or headline differ "
+                             "from this version's); no probe is scored again")
     parser.add_argument("--saved", action="store_true",
                         help="with several runs: table their saved eval.json, probe nothing")
     parser.add_argument("--readme", help="with several runs: write their table between this "

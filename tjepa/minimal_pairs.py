@@ -50,9 +50,12 @@ from tjepa import data
 
 PRONOUN_NUMBER = {"singular": {"he", "she", "it"}, "plural": {"they", "we"}}
 AGREEING = (("is", "are"), ("was", "were"))  # the singular and the plural form
+# words that follow a determiner but carry no noun's number
 NOT_NOUNS = {"is", "was", "are", "were", "will", "can", "could", "would", "should", "made",
              "time", "way", "and", "or", "but", "to", "too", "one", "ones", "very", "so",
-             "all", "has", "had", "did", "does", "do", "be", "been", "just", "again"}
+             "all", "has", "had", "did", "does", "do", "be", "been", "just", "again", "of",
+             "more", "last", "by", "little", "big", "small", "other", "another", "who", "that",
+             "which", "at", "in", "on", "for", "with", "after", "thing"}
 # a determiner before a singular noun → one that needs a plural, and the other way round
 NUMBER_SWAP_SINGULAR = {"this": "these", "one": "two"}
 NUMBER_SWAP_PLURAL = {"these": "this", "two": "one", "three": "one", "many": "one"}
@@ -60,8 +63,6 @@ PRONOUN_ONE = {"no", "every", "some", "any", "the", "each", "that", "this", "whi
                "just"}  # "no one", "the only two"
 SUBJUNCTIVE = {"if", "wish", "though", "as"}
 COLLECTIVE = {"family", "team", "class", "group", "crowd"}  # "the family were" is English too
-NOT_NOUNS |= {"of", "more", "last", "by", "little", "big", "small", "other", "another",
-              "who", "that", "which", "at", "in", "on", "for", "with", "after", "thing"}
 AUXILIARIES = {"had", "has", "have", "was", "were", "be", "been", "is", "are"}
 MOVABLE = {"often", "always", "also", "all", "never", "just", "still", "then", "there", "too",
            "soon", "now", "together", "again"}  # adverbs that may stand on either side
